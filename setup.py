@@ -1,0 +1,34 @@
+"""tarflow_flax: TarFlow normalizing flows in JAX + Flax NNX."""
+
+import setuptools
+
+# Pinned: JAX, Flax NNX and Orbax APIs move fast. Python 3.11 caps jax at 0.10.x.
+INSTALL_REQUIRES = [
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "clu==0.0.12",
+    "ml-collections==1.1.0",
+    "absl-py==2.5.1",
+    "numpy==2.4.6",
+    "scipy==1.17.1",
+    "tensorflow-cpu==2.21.0",
+    "tensorflow-datasets==4.9.10",
+    "tensorboard==2.21.0",  # clu.metric_writers imports it; tensorflow-cpu no longer pulls it.
+    "importlib-resources==7.1.0",  # tfds 4.9.10 uses it without declaring it.
+    "grain==0.2.18",
+    "pillow==13.0.0",
+]
+
+setuptools.setup(
+    name="tarflow_flax",
+    version="0.1.0",
+    description="TarFlow (Zhai et al. 2024) in JAX + Flax NNX for TPU pods and GPUs.",
+    packages=setuptools.find_packages(include=["tarflow_flax", "tarflow_flax.*"]),
+    package_data={"tarflow_flax": ["data/assets/*"]},
+    python_requires=">=3.11",
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"test": ["pytest==9.2.0", "pytest-xdist==3.8.0"]},
+)

@@ -1,0 +1,146 @@
+"""The one schema every config in `configs/` fills in, and its validation.
+
+Each `configs/*.py` starts from `base_config()` and overrides what differs, so every key exists in
+every config (an override of an unknown key fails loudly in ml_collections) and `validate()` can
+check the rules that keep a run from failing hours in.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+HEAD_DIM = 64  # Fixed by the reference: heads = channels // 64.
+DATASETS = ("mnist_embedded", "downsampled_imagenet", "imagenet2012", "imagenet_resized",
+            "cifar10", "image_folder")
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+class ConfigError(ValueError):
+  """A config value breaks a rule; the message names the key and the rule."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every key the project reads, with defaults of a tiny CPU model."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.image_size = 16
+
+  c.model = ml_collections.ConfigDict()
+  c.model.in_channels = 3
+  c.model.patch_size = 4
+  c.model.channels = 64          # Transformer width; a multiple of 64 (head width 64).
+  c.model.num_blocks = 2
+  # An int, or one depth per block (the "deep-shallow" layout of STARFlow), e.g. (8, 2, 2, 2).
+  c.model.layers_per_block = 2
+  c.model.nvp = True             # False: volume-preserving (shift only, learned prior variance).
+  c.model.num_classes = 0        # 0: unconditional.
+  c.model.dtype = "float32"      # Compute dtype of matmuls; parameters are always float32.
+  c.model.remat = False          # Rematerialise each transformer layer in the backward pass.
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "mnist_embedded"
+  c.data.data_dir = ml_collections.config_dict.placeholder(str)    # TFDS data_dir.
+  c.data.manual_dir = ml_collections.config_dict.placeholder(str)  # User-provided archives.
+  c.data.train_split = "train"
+  c.data.eval_split = "test"
+  c.data.noise_type = "gaussian"  # 'gaussian' (x + noise_std·ε) or 'uniform' (dequantization).
+  c.data.noise_std = 0.05
+  c.data.random_flip = False
+  c.data.drop_label = 0.1         # Probability of replacing a label by -1 (conditional models).
+  c.data.num_workers = 0          # grain worker processes per host (0: in-process).
+  c.data.prefetch = 2             # Device batches prepared ahead of the step.
+
+  c.batch_size = 16               # Global batch over all hosts.
+  c.grad_accum_steps = 1
+  c.num_train_steps = 100
+  c.learning_rate = 1e-4
+  c.min_learning_rate = 1e-6
+  c.warmup_steps = 10
+  c.weight_decay = 1e-4
+  c.adam_b1 = 0.9
+  c.adam_b2 = 0.95
+  c.grad_clip_norm = 0.0          # 0: off.
+  c.ema_decay = 0.0               # 0: no EMA.
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1                # -1: the devices left after the other axes.
+  c.mesh.fsdp = 1
+
+  c.log_every_steps = 10
+  c.checkpoint_every_steps = 100
+  c.keep_checkpoints = 3
+  c.sample_every_steps = 0        # 0: off.
+  c.eval_every_steps = 0          # 0: off.
+  c.num_eval_batches = -1         # -1: the whole eval split.
+
+  c.sample = ml_collections.ConfigDict()
+  c.sample.num_images = 16
+  c.sample.guidance = 0.0
+  c.sample.guide_what = "ab"
+  c.sample.attn_temp = 1.0
+  c.sample.annealed_guidance = False
+  c.sample.denoise = True         # Score-based denoising step with data.noise_std.
+  return c
+
+
+def _fail(key: str, rule: str, value) -> None:
+  raise ConfigError(f"config.{key}={value!r}: {rule}")
+
+
+def block_depths(model_config) -> tuple[int, ...]:
+  """Per-block layer counts from `layers_per_block` (an int or a sequence)."""
+  lpb = model_config.layers_per_block
+  if isinstance(lpb, int):
+    return (lpb,) * model_config.num_blocks
+  return tuple(int(d) for d in lpb)
+
+
+def validate_model(m, image_size: int) -> None:
+  """Checks the model keys; raises ConfigError naming the first broken rule."""
+  if m.in_channels < 1:
+    _fail("model.in_channels", "must be >= 1", m.in_channels)
+  if m.patch_size < 1 or image_size % m.patch_size:
+    _fail("image_size", f"must be divisible by model.patch_size={m.patch_size}", image_size)
+  if m.channels < HEAD_DIM or m.channels % HEAD_DIM:
+    _fail("model.channels", f"must be a positive multiple of the head width {HEAD_DIM}",
+          m.channels)
+  if m.num_blocks < 1:
+    _fail("model.num_blocks", "must be >= 1", m.num_blocks)
+  depths = block_depths(m)
+  if len(depths) != m.num_blocks or min(depths) < 1:
+    _fail("model.layers_per_block",
+          f"must be an int >= 1 or {m.num_blocks} ints >= 1 (one per block)", m.layers_per_block)
+  if m.num_classes < 0:
+    _fail("model.num_classes", "must be >= 0", m.num_classes)
+  if m.dtype not in COMPUTE_DTYPES:
+    _fail("model.dtype", f"must be one of {COMPUTE_DTYPES}", m.dtype)
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+  """Checks a whole config; raises ConfigError with one line naming key and rule."""
+  validate_model(c.model, c.image_size)
+  if c.data.name not in DATASETS:
+    _fail("data.name", f"must be one of {DATASETS}", c.data.name)
+  if c.data.noise_type not in ("gaussian", "uniform"):
+    _fail("data.noise_type", "must be 'gaussian' or 'uniform'", c.data.noise_type)
+  if not 0.0 <= c.data.drop_label < 1.0:
+    _fail("data.drop_label", "must be in [0, 1)", c.data.drop_label)
+  if c.batch_size < 1:
+    _fail("batch_size", "must be >= 1", c.batch_size)
+  if c.grad_accum_steps < 1 or c.batch_size % c.grad_accum_steps:
+    _fail("grad_accum_steps", f"must be >= 1 and divide batch_size={c.batch_size}",
+          c.grad_accum_steps)
+  for key in ("num_train_steps", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
+    if c[key] < 1:
+      _fail(key, "must be >= 1", c[key])
+  for key in ("sample_every_steps", "eval_every_steps", "warmup_steps"):
+    if c[key] < 0:
+      _fail(key, "must be >= 0 (0 disables)", c[key])
+  if not 0.0 <= c.ema_decay < 1.0:
+    _fail("ema_decay", "must be in [0, 1)", c.ema_decay)
+  if c.learning_rate <= 0:
+    _fail("learning_rate", "must be > 0", c.learning_rate)
+  if c.sample.guide_what not in ("", "a", "b", "ab"):
+    _fail("sample.guide_what", "must be one of '', 'a', 'b', 'ab'", c.sample.guide_what)
+  if c.sample.attn_temp <= 0:
+    _fail("sample.attn_temp", "must be > 0", c.sample.attn_temp)

@@ -1,0 +1,163 @@
+"""TarFlow: patchify, a stack of flow blocks with alternating token order, exact inverse.
+
+Images are NHWC in [-1, 1]. Tokens are patches in raster order; inside a token the vector is laid
+out (ph, pw, c) (the natural NHWC space-to-depth; the reference's channel-major layout differs only
+by a fixed permutation, which `tarflow_flax.convert` applies to imported weights).
+"""
+
+from __future__ import annotations
+
+import functools
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from tarflow_flax import config_lib
+from tarflow_flax.models import flow_block
+
+PRIOR_LERP_WEIGHT = 0.1  # VP prior variance: var ← var + 0.1·(mean_batch(z²) − var).
+
+
+class PriorVariance(nnx.Variable):
+  """Per-token, per-channel prior variance (T, Cp): a buffer, not trained by the optimizer."""
+
+
+class TarFlow(nnx.Module):
+  """The normalizing flow x ↔ z with exact log-likelihood (SEMANTICS.md §1–§8)."""
+
+  def __init__(self, *, in_channels: int, img_size: int, patch_size: int, channels: int,
+               num_blocks: int, layers_per_block, nvp: bool = True, num_classes: int = 0,
+               dtype: str = "float32", remat: bool = False, scan_layers: bool = True,
+               rngs: nnx.Rngs):
+    spec = types.SimpleNamespace(
+        in_channels=in_channels, patch_size=patch_size, channels=channels,
+        num_blocks=num_blocks, layers_per_block=layers_per_block, nvp=nvp,
+        num_classes=num_classes, dtype=dtype)
+    config_lib.validate_model(spec, img_size)
+    self.in_channels = in_channels
+    self.img_size = img_size
+    self.patch_size = patch_size
+    self.num_classes = num_classes
+    self.nvp = nvp
+    self.num_tokens = (img_size // patch_size)**2
+    self.token_dim = in_channels * patch_size**2
+    # Logical axis names only: sharding happens when the trainer places the state on a mesh.
+    with nnx.use_eager_sharding(False):
+      self.var = PriorVariance(jnp.ones((self.num_tokens, self.token_dim), jnp.float32),
+                               out_sharding=("tokens", "patch"))
+      self.blocks = nnx.List([
+          flow_block.FlowBlock(
+              token_dim=self.token_dim, num_tokens=self.num_tokens, channels=channels,
+              num_layers=depth, nvp=nvp, num_classes=num_classes, flip=bool(i % 2),
+              dtype=jnp.dtype(dtype), remat=remat, scan_layers=scan_layers, rngs=rngs)
+          for i, depth in enumerate(config_lib.block_depths(spec))
+      ])
+
+  # -- layout ----------------------------------------------------------------------------------
+
+  def check_images(self, x) -> None:
+    expected = (self.img_size, self.img_size, self.in_channels)
+    if x.ndim != 4 or tuple(x.shape[1:]) != expected:
+      raise ValueError(f"expected images of shape (N, {expected[0]}, {expected[1]}, "
+                       f"{expected[2]}) (NHWC), got {tuple(x.shape)}")
+
+  def check_tokens(self, tokens) -> None:
+    expected = (self.num_tokens, self.token_dim)
+    if tokens.ndim != 3 or tuple(tokens.shape[1:]) != expected:
+      raise ValueError(f"expected tokens of shape (N, {expected[0]}, {expected[1]}), "
+                       f"got {tuple(tokens.shape)}")
+
+  def check_labels(self, y, batch: int) -> None:
+    """Shape always; range [-1, num_classes) when the labels are concrete (not traced)."""
+    if y is None:
+      return
+    if self.num_classes == 0:
+      raise ValueError("labels given to an unconditional model (num_classes=0); pass y=None")
+    if jnp.ndim(y) != 1 or jnp.shape(y)[0] != batch:
+      raise ValueError(f"expected labels of shape ({batch},), got {jnp.shape(y)}")
+    if not isinstance(y, jax.core.Tracer):
+      y_np = np.asarray(y)
+      bad = y_np[(y_np < -1) | (y_np >= self.num_classes)]
+      if bad.size:
+        raise ValueError(f"label {int(bad[0])} outside [-1, {self.num_classes}) "
+                         "(-1 = dropped label)")
+
+  def patchify(self, x):
+    """(N, H, W, C) → (N, T, p·p·C), raster over patches, (ph, pw, c) inside a token."""
+    self.check_images(x)
+    n, h, w, c = x.shape
+    p = self.patch_size
+    x = x.reshape(n, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(n, self.num_tokens, self.token_dim)
+
+  def unpatchify(self, tokens):
+    """Exact inverse of `patchify`."""
+    self.check_tokens(tokens)
+    n = tokens.shape[0]
+    p, g, c = self.patch_size, self.img_size // self.patch_size, self.in_channels
+    x = tokens.reshape(n, g, g, p, p, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(n, self.img_size, self.img_size, c)
+
+  # -- density ---------------------------------------------------------------------------------
+
+  def __call__(self, x, y=None):
+    """x: (N, H, W, C) → (z (N, T, Cp), logdets (N,), per-block outputs and log-dets).
+
+    logdets follow the reference: per-dimension means (−mean of log-scales), summed over blocks.
+    """
+    self.check_labels(y, x.shape[0])
+    h = self.patchify(x).astype(jnp.float32)
+    logdets = jnp.zeros((), jnp.float32)
+    outputs, block_logdets = [], []
+    for block in self.blocks:
+      h, logdet = block(h, y)
+      logdets = logdets + logdet
+      outputs.append(h)
+      block_logdets.append(logdet)
+    return h, logdets, {"block_outputs": outputs, "block_logdets": block_logdets}
+
+  def update_prior(self, z) -> None:
+    """VP models: moves `var` 10% toward the batch mean of z² (in place, as the reference)."""
+    z2 = jnp.mean(jax.lax.stop_gradient(z).astype(jnp.float32)**2, axis=0)
+    self.var[...] = self.var[...] + PRIOR_LERP_WEIGHT * (z2 - self.var[...])
+
+  # -- sampling --------------------------------------------------------------------------------
+
+  def reverse(self, noise_tokens, y=None, *, guidance: float = 0.0, guide_what: str = "ab",
+              attn_temp: float = 1.0, annealed_guidance: bool = False,
+              return_sequence: bool = False):
+    """Exact sequential inverse from latent tokens (scaled by √var first) to NHWC images.
+
+    return_sequence: also return [unpatchify(noise), after block K−1, …, after block 0].
+    """
+    self.check_tokens(noise_tokens)
+    self.check_labels(y, noise_tokens.shape[0])
+    if guide_what not in ("", "a", "b", "ab"):
+      raise ValueError(f"guide_what must be one of '', 'a', 'b', 'ab'; got {guide_what!r}")
+    weights = None
+    if guidance > 0 and guide_what:
+      weights = flow_block.guidance_weights(self.num_tokens, guidance, annealed_guidance)
+    x, sequence = _reverse(self, jnp.asarray(noise_tokens, jnp.float32), y, weights,
+                           jnp.float32(attn_temp), guide_what=guide_what)
+    return (x, sequence) if return_sequence else x
+
+  def reverse_tokens(self, x, y=None, *, guidance_weights=None, guide_what="ab", attn_temp=1.0):
+    """Inverts every block (K−1 … 0) from tokens already scaled by √var; traceable."""
+    sequence = []
+    for block in reversed(self.blocks):
+      x = block.reverse(x, y, guidance_weights=guidance_weights, guide_what=guide_what,
+                        attn_temp=attn_temp)
+      sequence.append(x)
+    return x, sequence
+
+
+@functools.partial(nnx.jit, static_argnames=("guide_what",))
+def _reverse(model: TarFlow, noise, y, weights, attn_temp, *, guide_what):
+  x = noise * jnp.sqrt(model.var[...])
+  x, sequence = model.reverse_tokens(x, y, guidance_weights=weights, guide_what=guide_what,
+                                     attn_temp=attn_temp)
+  images = [model.unpatchify(noise)] + [model.unpatchify(s) for s in sequence]
+  return model.unpatchify(x), jnp.stack(images)

@@ -1,0 +1,196 @@
+"""Pre-LN causal transformer layer of a TarFlow block, with a KV-cached single-token step.
+
+Numerics follow the reference (SEMANTICS.md §2): LayerNorm eps 1e-5 computed in float32, exact-erf
+GELU, fused QKV with head width 64, logits scaled by 64^-0.5 / temperature, softmax in float32.
+Matmuls run in the compute dtype; the residual stream stays float32 (as under torch autocast, where
+a bf16 Linear output added to the f32 stream promotes to f32).
+
+Every parameter carries logical axis names (`out_sharding` metadata); `tarflow_flax.sharding` maps
+them onto mesh axes in one place.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from tarflow_flax.config_lib import HEAD_DIM
+
+LAYER_NORM_EPS = 1e-5
+_MASK_VALUE = -1e30  # finite: a fully masked row never occurs, and -inf would make NaN grads.
+
+
+def _torch_default_init(fan_in: int):
+  """torch.nn.Linear's default: weight and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+  bound = fan_in**-0.5
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def linear(in_features: int, out_features: int, axes: tuple[str, str], *, dtype,
+           zero_init: bool = False, rngs: nnx.Rngs) -> nnx.Linear:
+  """A biased Linear: float32 parameters, `dtype` compute, logical axis names, torch init."""
+  init = jax.nn.initializers.zeros if zero_init else _torch_default_init(in_features)
+  precision = jax.lax.Precision.HIGHEST if dtype == jnp.float32 else None
+  return nnx.Linear(in_features, out_features, dtype=dtype, param_dtype=jnp.float32,
+                    precision=precision, kernel_init=init, bias_init=init,
+                    kernel_metadata={"out_sharding": axes},
+                    bias_metadata={"out_sharding": axes[1:]}, rngs=rngs)
+
+
+def layer_norm(features: int, *, rngs: nnx.Rngs) -> nnx.LayerNorm:
+  """LayerNorm computed in float32 (callers cast the result back to the compute dtype)."""
+  return nnx.LayerNorm(features, epsilon=LAYER_NORM_EPS, dtype=jnp.float32,
+                       param_dtype=jnp.float32, use_fast_variance=False,
+                       scale_metadata={"out_sharding": ("norm",)},
+                       bias_metadata={"out_sharding": ("norm",)}, rngs=rngs)
+
+
+class KVCache(NamedTuple):
+  """Keys and values of the tokens fed so far, for every layer of one block.
+
+  k, v: (layers, N, T, heads, 64) in the compute dtype. Position t holds token t of the block's own
+  (possibly flipped) order once it has been fed; later positions are masked out.
+  """
+  k: jax.Array
+  v: jax.Array
+
+  @classmethod
+  def zeros(cls, num_layers: int, batch: int, num_tokens: int, channels: int, dtype):
+    shape = (num_layers, batch, num_tokens, channels // HEAD_DIM, HEAD_DIM)
+    return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+
+
+def _temperature_scale(temperature, ndim: int):
+  """Logit scale 64^-0.5 / temperature, broadcastable over (N, heads, Tq, Tk)."""
+  temperature = jnp.asarray(temperature, jnp.float32)
+  if temperature.ndim == 1:  # One temperature per example.
+    temperature = temperature.reshape((-1,) + (1,) * (ndim - 1))
+  return HEAD_DIM**-0.5 / temperature
+
+
+class Attention(nnx.Module):
+  """Multi-head self-attention with a pre-LayerNorm."""
+
+  def __init__(self, channels: int, *, dtype, rngs: nnx.Rngs):
+    self.num_heads = channels // HEAD_DIM
+    self.dtype = dtype
+    self.norm = layer_norm(channels, rngs=rngs)
+    self.qkv = linear(channels, 3 * channels, ("embed", "qkv"), dtype=dtype, rngs=rngs)
+    self.proj = linear(channels, channels, ("heads", "embed"), dtype=dtype, rngs=rngs)
+
+  def _qkv(self, x):
+    n, t, c = x.shape
+    h = self.norm(x.astype(jnp.float32)).astype(self.dtype)
+    # Feature layout [q | k | v], each head-major (h·64 + d), as the reference's reshape.
+    qkv = self.qkv(h).reshape(n, t, 3, self.num_heads, HEAD_DIM)
+    return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+
+  def _attend(self, q, k, v, mask, temperature):
+    """q: (N, Tq, H, D); k, v: (N, Tk, H, D); mask broadcastable to (N, H, Tq, Tk)."""
+    logits = jnp.einsum("nqhd,nkhd->nhqk", q, k, preferred_element_type=jnp.float32)
+    logits = logits * _temperature_scale(temperature, logits.ndim)
+    probs = jax.nn.softmax(jnp.where(mask, logits, _MASK_VALUE), axis=-1)
+    out = jnp.einsum("nhqk,nkhd->nqhd", probs.astype(self.dtype), v)
+    return self.proj(out.reshape(out.shape[:2] + (-1,)))
+
+  def __call__(self, x, temperature=1.0):
+    """Causal attention over the whole sequence (training / density evaluation)."""
+    q, k, v = self._qkv(x)
+    t = x.shape[1]
+    causal = jnp.tril(jnp.ones((t, t), jnp.bool_))
+    return self._attend(q, k, v, causal, temperature)
+
+  def step(self, x, cache: KVCache, layer: int | jax.Array, position: int | jax.Array,
+           temperature=1.0):
+    """Attends S new tokens at `position`.. to the cached tokens of this layer, causally.
+
+    x: (N, S, C) (S = 1 for the sequential sampler, a segment for GS-Jacobi). Writes the tokens'
+    keys/values into `cache` at [layer, :, position:position+S] (an in-place update when the cache
+    is a loop carry); query s sees cached positions <= position + s. Returns (out, cache).
+    """
+    q, k, v = self._qkv(x)
+    start = (layer, 0, position, 0, 0)
+    cache = KVCache(
+        jax.lax.dynamic_update_slice(cache.k, k[None].astype(cache.k.dtype), start),
+        jax.lax.dynamic_update_slice(cache.v, v[None].astype(cache.v.dtype), start))
+    keys = jax.lax.dynamic_index_in_dim(cache.k, layer, 0, keepdims=False)
+    values = jax.lax.dynamic_index_in_dim(cache.v, layer, 0, keepdims=False)
+    query_pos = position + jnp.arange(x.shape[1])
+    visible = jnp.arange(keys.shape[1])[None, :] <= query_pos[:, None]
+    return self._attend(q, keys, values, visible, temperature), cache
+
+
+class MLP(nnx.Module):
+  """Pre-LayerNorm MLP: Linear(C→4C), exact GELU, Linear(4C→C)."""
+
+  def __init__(self, channels: int, *, dtype, rngs: nnx.Rngs):
+    self.dtype = dtype
+    self.norm = layer_norm(channels, rngs=rngs)
+    self.up = linear(channels, 4 * channels, ("embed", "mlp"), dtype=dtype, rngs=rngs)
+    self.down = linear(4 * channels, channels, ("mlp", "embed"), dtype=dtype, rngs=rngs)
+
+  def __call__(self, x):
+    h = self.norm(x.astype(jnp.float32)).astype(self.dtype)
+    return self.down(jax.nn.gelu(self.up(h), approximate=False))
+
+
+class TransformerLayer(nnx.Module):
+  """x + Attn(LN(x)), then + MLP(LN(·)); no final norm."""
+
+  def __init__(self, channels: int, *, dtype, rngs: nnx.Rngs):
+    self.attention = Attention(channels, dtype=dtype, rngs=rngs)
+    self.mlp = MLP(channels, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x, temperature=1.0):
+    x = x + self.attention(x, temperature)
+    return x + self.mlp(x)
+
+  def step(self, x, cache: KVCache, layer, position, temperature=1.0):
+    attn, cache = self.attention.step(x, cache, layer, position, temperature)
+    x = x + attn
+    return x + self.mlp(x), cache
+
+
+def make_layer_stack(num_layers: int, channels: int, *, dtype, rngs: nnx.Rngs):
+  """`num_layers` TransformerLayers with parameters stacked on a leading 'layers' axis."""
+
+  @nnx.split_rngs(splits=num_layers)
+  @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+  def create(rngs):
+    return TransformerLayer(channels, dtype=dtype, rngs=rngs)
+
+  return create(rngs)
+
+
+def apply_layer_stack(layers: TransformerLayer, x, *, remat: bool = False, scan: bool = True):
+  """Applies stacked layers in order: `nnx.scan` (one compiled layer body) or unrolled."""
+
+  def body(layer, h):
+    return layer(h)
+
+  # graph=False (tree mode): the stack is a plain pytree here, which also lets these transforms
+  # run inside raw JAX transforms (jax.grad, lax loops) that close over the model.
+  if remat:
+    body = nnx.remat(body, graph=False)
+  if scan:
+    return nnx.scan(body, in_axes=(0, nnx.Carry), out_axes=nnx.Carry, graph=False)(layers, x)
+  graphdef, state = nnx.split(layers)
+  num_layers = jax.tree.leaves(state)[0].shape[0]
+  for i in range(num_layers):
+    x = body(nnx.merge(graphdef, jax.tree.map(lambda p, i=i: p[i], state)), x)
+  return x
+
+
+def step_layer_stack(layers: TransformerLayer, x, cache: KVCache, position, temperature=1.0):
+  """Tokens at `position`.. through all stacked layers, writing their keys/values into `cache`."""
+  num_layers = cache.k.shape[0]
+
+  def body(layer, index, carry):
+    h, cache = carry
+    return layer.step(h, cache, index, position, temperature)
+
+  return nnx.scan(body, in_axes=(0, 0, nnx.Carry), out_axes=nnx.Carry, graph=False)(
+      layers, jnp.arange(num_layers), (x, cache))

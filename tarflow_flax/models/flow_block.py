@@ -78,11 +78,15 @@ class FlowBlock(nnx.Module):
       return out[..., :self.token_dim], out[..., self.token_dim:]
     return jnp.zeros_like(out), out
 
-  def transform_params(self, x_perm, cond):
-    """(a, b) for every token of `x_perm` (block order), shifted so token t sees tokens < t."""
+  def transform_params(self, x_perm, cond, temperature=1.0):
+    """(a, b) for every token of `x_perm` (block order), shifted so token t sees tokens < t.
+
+    cond: (N, 1, C) class embedding or None; temperature: attention temperature, scalar or (N,).
+    """
     pos = self.permute(self.pos_embed[...][None])
     h = self._embed(x_perm, pos, cond)
-    h = transformer.apply_layer_stack(self.layers, h, remat=self.remat, scan=self.scan_layers)
+    h = transformer.apply_layer_stack(self.layers, h, temperature, remat=self.remat,
+                                      scan=self.scan_layers)
     out = self.proj_out(h.astype(self.dtype))
     out = jnp.concatenate([jnp.zeros_like(out[:, :1]), out[:, :-1]], axis=1)
     return self._split(out)

@@ -165,11 +165,15 @@ def make_layer_stack(num_layers: int, channels: int, *, dtype, rngs: nnx.Rngs):
   return create(rngs)
 
 
-def apply_layer_stack(layers: TransformerLayer, x, *, remat: bool = False, scan: bool = True):
-  """Applies stacked layers in order: `nnx.scan` (one compiled layer body) or unrolled."""
+def apply_layer_stack(layers: TransformerLayer, x, temperature=1.0, *, remat: bool = False,
+                      scan: bool = True):
+  """Applies stacked layers in order: `nnx.scan` (one compiled layer body) or unrolled.
+
+  temperature: attention temperature, a scalar or one per example (N,).
+  """
 
   def body(layer, h):
-    return layer(h)
+    return layer(h, temperature)
 
   # graph=False (tree mode): the stack is a plain pytree here, which also lets these transforms
   # run inside raw JAX transforms (jax.grad, lax loops) that close over the model.

@@ -1,0 +1,27 @@
+"""CIFAR-10 32x32 TarFlow, 2-768-8-8, unconditional, uniform dequantization (bits/dim).
+
+  python -m tarflow_flax.main --config=configs/cifar10.py --workdir=/tmp/cifar10
+"""
+
+from tarflow_flax import config_lib
+
+
+def get_config():
+  c = config_lib.base_config()
+  c.image_size = 32
+  c.model.in_channels = 3
+  c.model.patch_size = 2
+  c.model.channels = 768
+  c.model.num_blocks = 8
+  c.model.layers_per_block = 8
+  c.data.name = "cifar10"
+  c.data.noise_type = "uniform"
+  c.data.random_flip = True
+  c.batch_size = 256
+  c.num_train_steps = 200_000
+  c.warmup_steps = 2_000
+  c.ema_decay = 0.9999
+  c.log_every_steps = 100
+  c.checkpoint_every_steps = 2_000
+  c.eval_every_steps = 5_000
+  return c

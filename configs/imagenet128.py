@@ -1,0 +1,34 @@
+"""Class-conditional ImageNet 128x128 TarFlow, 4-1024-8-8, Gaussian noise σ = 0.15.
+
+  python -m tarflow_flax.main --config=configs/imagenet128.py --workdir=gs://BUCKET/in128
+"""
+
+from tarflow_flax import config_lib
+
+
+def get_config():
+  c = config_lib.base_config()
+  c.image_size = 128
+  c.model.in_channels = 3
+  c.model.patch_size = 4
+  c.model.channels = 1024
+  c.model.num_blocks = 8
+  c.model.layers_per_block = 8
+  c.model.num_classes = 1000
+  c.model.dtype = "bfloat16"
+  c.model.remat = True
+  c.data.name = "imagenet2012"
+  c.data.eval_split = "validation"
+  c.data.noise_std = 0.15
+  c.data.drop_label = 0.1
+  c.data.random_flip = True
+  c.batch_size = 768
+  c.num_train_steps = 1_000_000
+  c.warmup_steps = 5_000
+  c.ema_decay = 0.9999
+  c.mesh.fsdp = 8
+  c.log_every_steps = 100
+  c.checkpoint_every_steps = 2_000
+  c.sample_every_steps = 10_000
+  c.sample.guidance = 1.5
+  return c

@@ -1,0 +1,95 @@
+"""Orbax checkpoint layout shared by the trainer, the converter, sampling and evaluation.
+
+A checkpoint directory is an Orbax `CheckpointManager` root; each step holds the items
+  model  nnx.State of the TarFlow (parameters and the prior variance `var`)
+  ema    the EMA copy of `model` (trainer, when config.ema_decay > 0)
+  meta   JSON: the config (`config`), and where the weights came from
+and the trainer adds its own (optimizer, data iterator, RNG).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+from etils import epath
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from tarflow_flax import models
+
+MODEL, EMA, META = "model", "ema", "meta"
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint is missing, unreadable, or does not fit the requested model."""
+
+
+def manager(directory: str, *, max_to_keep: int | None = None,
+            async_save: bool = False) -> ocp.CheckpointManager:
+  """A CheckpointManager rooted at `directory` (created if needed)."""
+  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                         enable_async_checkpointing=async_save)
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+
+def save_model_checkpoint(directory: str, model: models.TarFlow, config, *, step: int = 0,
+                          extra_meta: dict[str, Any] | None = None) -> int:
+  """Writes `model` (and the config) as step `step` of a checkpoint directory; returns the step."""
+  meta = {"config": config.to_json(), **(extra_meta or {})}
+  with manager(directory) as mngr:
+    mngr.save(step, args=ocp.args.Composite(**{
+        MODEL: ocp.args.StandardSave(nnx.state(model)),
+        META: ocp.args.JsonSave(meta),
+    }))
+    mngr.wait_until_finished()
+  return step
+
+
+def read_meta(directory: str, step: int | None = None) -> tuple[int, dict[str, Any]]:
+  """(step, meta) of the latest (or given) step; CheckpointError if there is none."""
+  if not epath.Path(directory).exists():
+    raise CheckpointError(f"no checkpoint directory at {directory}")
+  with manager(directory) as mngr:
+    step = mngr.latest_step() if step is None else step
+    if step is None:
+      raise CheckpointError(f"no checkpoint steps under {directory}")
+    try:
+      restored = mngr.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))
+    except Exception as e:  # Orbax raises many types for truncated/corrupt files.
+      raise CheckpointError(f"checkpoint {directory} step {step}: unreadable meta ({e})") from e
+  return step, restored[META]
+
+
+def config_from_meta(meta: dict[str, Any]) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(json.loads(meta["config"]))
+
+
+def load_model(directory: str, config=None, *, step: int | None = None,
+               use_ema: bool = True) -> tuple[models.TarFlow, dict[str, Any]]:
+  """Restores a TarFlow from a checkpoint directory (EMA weights when present and `use_ema`).
+
+  config: builds the model from it (default: the config stored in the checkpoint).
+  Returns (model, meta) with meta["step"] and meta["weights"] ('ema' or 'model') added.
+  """
+  step, meta = read_meta(directory, step)
+  config = config or config_from_meta(meta)
+  abstract = nnx.eval_shape(lambda: models.build_model(config))
+  graphdef, abstract_state = nnx.split(abstract)
+  has_ema = (epath.Path(directory) / str(step) / EMA).exists()
+  item = EMA if use_ema and has_ema else MODEL
+  with manager(directory) as mngr:
+    target = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), abstract_state)
+    try:
+      restored = mngr.restore(step, args=ocp.args.Composite(
+          **{item: ocp.args.StandardRestore(target)}))
+    except Exception as e:
+      raise CheckpointError(
+          f"checkpoint {directory} step {step}: cannot restore '{item}' for this config "
+          f"({type(e).__name__}: {str(e).splitlines()[0][:300]})") from e
+  model = nnx.merge(graphdef, restored[item])
+  return model, {**meta, "step": step, "weights": item}

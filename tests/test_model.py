@@ -1,0 +1,182 @@
+"""TarFlow model properties: invertibility, exact log-det, causality, layer-stack equivalences."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from conftest import random_images, rel_err, tiny_model
+from tarflow_flax import config_lib, losses, models
+
+
+@pytest.mark.parametrize("nvp,num_classes,num_blocks,layers", [
+    (True, 0, 3, 1),
+    (False, 0, 2, 3),
+    (True, 5, 3, 3),
+    (False, 4, 1, 2),
+    (True, 3, 2, (3, 1)),  # Deep-shallow: one depth per block.
+])
+def test_reverse_inverts_forward(nvp, num_classes, num_blocks, layers):
+  model = tiny_model(nvp=nvp, num_classes=num_classes, num_blocks=num_blocks,
+                     layers_per_block=layers, in_channels=3, img_size=8, patch_size=2)
+  x = random_images(3, model)
+  y = jnp.array([0, -1, num_classes - 1]) if num_classes else None
+  z, logdets, _ = model(x, y)
+  assert float(jnp.std(logdets)) > 0 or not nvp  # Blocks are far from the identity.
+  assert rel_err(z, model.patchify(x)) > 1e-2
+  x_rec = model.reverse(z / jnp.sqrt(model.var[...]), y)
+  np.testing.assert_allclose(x_rec, x, atol=1e-5, rtol=0)
+
+
+def test_logdet_equals_bruteforce_jacobian():
+  model = tiny_model(in_channels=1, img_size=4, patch_size=2, num_blocks=3, layers_per_block=2,
+                     scale=0.5)
+  x = random_images(2, model)
+
+  def flow(image):
+    z, _, _ = model(image[None])
+    return z.reshape(-1)
+
+  _, logdets, _ = model(x)
+  num_dims = x[0].size
+  for i in range(x.shape[0]):
+    jacobian = jax.jacfwd(flow)(x[i]).reshape(num_dims, num_dims)
+    sign, logabsdet = jnp.linalg.slogdet(jacobian.astype(jnp.float64)
+                                         if jax.config.jax_enable_x64 else jacobian)
+    assert sign != 0
+    # The model's log-det is a per-dimension mean.
+    np.testing.assert_allclose(num_dims * logdets[i], logabsdet, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("block_index", [0, 1])
+def test_block_is_causal_in_its_token_order(block_index):
+  model = tiny_model(in_channels=1, img_size=8, patch_size=2, num_blocks=2, layers_per_block=2,
+                     scale=0.5)
+  block = model.blocks[block_index]
+  t, cp = model.num_tokens, model.token_dim
+  x = jax.random.normal(jax.random.key(3), (1, t, cp))
+  jac = jax.jacrev(lambda v: block(v[None])[0][0])(x[0])  # (T, Cp, T, Cp), image order
+  order = np.arange(t)[::-1] if block.flip else np.arange(t)
+  jac = np.asarray(jac)[order][:, :, order]  # Block order on both sides.
+  for out_t in range(t):
+    later = jac[out_t, :, out_t + 1:, :]
+    assert np.all(later == 0), f"token {out_t} depends on a later token"
+    own = jac[out_t, :, out_t, :]
+    assert np.all(own[~np.eye(cp, dtype=bool)] == 0), "own-token part is not elementwise"
+    if out_t > 0:
+      assert np.abs(jac[out_t, :, :out_t, :]).max() > 0, "no dependence on earlier tokens"
+  assert np.all(jac[0, :, 0, :] == np.eye(cp)), "token 0 must pass through unchanged"
+
+
+def test_scan_and_unrolled_layer_stacks_agree():
+  kwargs = dict(in_channels=3, img_size=8, patch_size=2, num_blocks=2, layers_per_block=3,
+                num_classes=4)
+  scanned = tiny_model(**kwargs)
+  unrolled = tiny_model(scan_layers=False, **kwargs)
+  x, y = random_images(2, scanned), jnp.array([1, -1])
+  z1, ld1, _ = scanned(x, y)
+  z2, ld2, _ = unrolled(x, y)
+  np.testing.assert_allclose(z1, z2, rtol=0, atol=1e-6)
+  np.testing.assert_allclose(ld1, ld2, rtol=0, atol=1e-6)
+
+
+def _grads(model, x):
+  def loss_fn(m):
+    z, logdets, _ = m(x)
+    return losses.nll_loss(z, logdets)
+  return jax.tree.leaves(nnx.state(nnx.grad(loss_fn)(model), nnx.Param))
+
+
+def test_remat_gives_identical_gradients():
+  plain = tiny_model(layers_per_block=2)
+  remat = tiny_model(layers_per_block=2, remat=True)
+  x = random_images(2, plain)
+  for g1, g2 in zip(_grads(plain, x), _grads(remat, x)):
+    np.testing.assert_allclose(g1, g2, rtol=1e-5, atol=1e-7)
+
+
+def test_bfloat16_compute_within_bf16_tolerance():
+  f32 = tiny_model(in_channels=3, layers_per_block=2)
+  bf16 = tiny_model(in_channels=3, layers_per_block=2, dtype="bfloat16")
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(nnx.state(bf16)))
+  x = random_images(4, f32)
+  z32, ld32, _ = f32(x)
+  z16, ld16, _ = bf16(x)
+  assert z16.dtype == jnp.float32 and ld16.dtype == jnp.float32
+  assert rel_err(z16, z32) < 3e-2
+  assert rel_err(ld16, ld32) < 3e-2
+  assert abs(float(losses.nll_loss(z16, ld16) - losses.nll_loss(z32, ld32))) < 1e-2
+  sample = bf16.reverse(z16)
+  assert rel_err(sample, x) < 5e-2
+
+
+def test_prior_update_lerps_toward_batch_mean_of_z_squared():
+  model = tiny_model(nvp=False)
+  x = random_images(4, model)
+  z, logdets, _ = model(x)
+  np.testing.assert_array_equal(logdets, 0.0)
+  before = np.asarray(model.var[...])
+  model.update_prior(z)
+  expected = before + 0.1 * (np.mean(np.asarray(z)**2, axis=0) - before)
+  np.testing.assert_allclose(model.var[...], expected, rtol=1e-6)
+
+
+def test_dropped_label_uses_mean_class_embedding():
+  model = tiny_model(num_classes=3)
+  x = random_images(2, model)
+  z_none, _, _ = model(x, None)
+  z_drop, _, _ = model(x, jnp.array([-1, -1]))
+  z_cls, _, _ = model(x, jnp.array([2, -1]))
+  np.testing.assert_array_equal(z_none, z_drop)
+  np.testing.assert_array_equal(z_cls[1], z_drop[1])
+  assert rel_err(z_cls[0], z_drop[0]) > 1e-4
+
+
+def test_guidance_changes_samples_and_annealing_weights():
+  model = tiny_model(num_classes=3)
+  noise = jax.random.normal(jax.random.key(0), (2, model.num_tokens, model.token_dim))
+  y = jnp.array([0, 2])
+  plain = model.reverse(noise, y)
+  for kwargs in [dict(guidance=1.5), dict(guidance=1.5, guide_what="a"),
+                 dict(guidance=1.5, guide_what="b"), dict(guidance=1.5, annealed_guidance=True),
+                 dict(guidance=0.5, attn_temp=0.5)]:
+    assert rel_err(model.reverse(noise, y, **kwargs), plain) > 1e-4, kwargs
+  # guide_what='' or guidance 0 is no guidance at all, whatever the temperature.
+  np.testing.assert_array_equal(model.reverse(noise, y, guidance=1.5, guide_what=""), plain)
+  np.testing.assert_array_equal(model.reverse(noise, y, attn_temp=0.3), plain)
+  w = models.flow_block.guidance_weights(5, 2.0, annealed=True)
+  np.testing.assert_allclose(w, [0.5, 1.0, 1.5, 2.0])
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(channels=96), "multiple of the head width 64"),
+    (dict(img_size=10, patch_size=4), "divisible by model.patch_size"),
+    (dict(layers_per_block=(1, 2, 3)), "one per block"),
+    (dict(dtype="float16"), "model.dtype"),
+])
+def test_bad_model_config_is_refused(kwargs, message):
+  base = dict(in_channels=1, img_size=8, patch_size=2, channels=64, num_blocks=2,
+              layers_per_block=1)
+  with pytest.raises(config_lib.ConfigError, match=message):
+    models.TarFlow(**{**base, **kwargs}, rngs=nnx.Rngs(0))
+
+
+def test_bad_inputs_get_clear_errors():
+  model = tiny_model(num_classes=3, in_channels=3)
+  with pytest.raises(ValueError, match=r"expected images of shape \(N, 8, 8, 3\)"):
+    model(jnp.zeros((2, 8, 8, 1)))
+  with pytest.raises(ValueError, match="NHWC"):
+    model(jnp.zeros((2, 3, 8, 8)))
+  with pytest.raises(ValueError, match=r"label 3 outside \[-1, 3\)"):
+    model(jnp.zeros((2, 8, 8, 3)), jnp.array([0, 3]))
+  with pytest.raises(ValueError, match=r"label -2 outside"):
+    model.reverse(jnp.zeros((2, model.num_tokens, model.token_dim)), jnp.array([-2, 0]))
+  with pytest.raises(ValueError, match="expected tokens of shape"):
+    model.reverse(jnp.zeros((2, model.num_tokens, 5)))
+  with pytest.raises(ValueError, match="guide_what"):
+    model.reverse(jnp.zeros((2, model.num_tokens, model.token_dim)), guidance=1.0,
+                  guide_what="c")
+  uncond = tiny_model()
+  with pytest.raises(ValueError, match="unconditional"):
+    uncond(jnp.zeros((1, 8, 8, 1)), jnp.array([0]))

@@ -31,7 +31,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.channels = 64          # Transformer width; a multiple of 64 (head width 64).
   c.model.num_blocks = 2
   # An int, or one depth per block (the "deep-shallow" layout of STARFlow), e.g. (8, 2, 2, 2).
-  c.model.layers_per_block = 2
+  c.model.layers_per_block = ml_collections.FieldReference(2, field_type=object)
   c.model.nvp = True             # False: volume-preserving (shift only, learned prior variance).
   c.model.num_classes = 0        # 0: unconditional.
   c.model.dtype = "float32"      # Compute dtype of matmuls; parameters are always float32.

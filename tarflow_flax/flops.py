@@ -1,0 +1,69 @@
+"""Model FLOPs of TarFlow (matmul FLOPs, causal attention counted as half) and device peaks.
+
+Per block with T tokens, width C, token size Cp and L layers (one multiply-add = 2 FLOPs):
+  proj_in   2·T·Cp·C
+  per layer qkv 6·T·C² + attention output 2·T·C² + MLP 16·T·C²           = 24·T·C²
+            QKᵀ and PV 2·(2·T²·C) halved by the causal mask              =  2·T²·C
+  proj_out  2·T·C·Cp·(2 if NVP else 1)
+A training step costs 3× the forward (backward = 2× forward); remat adds one more forward.
+"""
+
+from __future__ import annotations
+
+from tarflow_flax import config_lib
+
+# Dense bfloat16 peak TFLOP/s per chip / GPU, by `jax.devices()[0].device_kind` prefix.
+PEAK_TFLOPS = {
+    "TPU v4": 275.0,
+    "TPU v5 lite": 197.0,
+    "TPU v5e": 197.0,
+    "TPU v5p": 459.0,
+    "TPU v5": 459.0,
+    "TPU v6 lite": 918.0,
+    "TPU v6e": 918.0,
+    "NVIDIA H100": 989.0,
+    "NVIDIA H200": 989.0,
+    "NVIDIA A100": 312.0,
+}
+
+
+def forward_flops_per_image(config) -> float:
+  """Forward-pass FLOPs for one image of the config's model."""
+  m = config.model
+  tokens = (config.image_size // m.patch_size)**2
+  token_dim = m.in_channels * m.patch_size**2
+  c = m.channels
+  out_dim = token_dim * (2 if m.nvp else 1)
+  total = 0.0
+  for depth in config_lib.block_depths(m):
+    total += 2 * tokens * token_dim * c + 2 * tokens * c * out_dim
+    total += depth * (24 * tokens * c * c + 2 * tokens * tokens * c)
+  return total
+
+
+def train_flops_per_image(config) -> float:
+  """FLOPs of one training step per image: forward + backward (3×), + a forward under remat."""
+  return (4.0 if config.model.remat else 3.0) * forward_flops_per_image(config)
+
+
+def peak_tflops(device_kind: str) -> float | None:
+  """Peak bf16 TFLOP/s of one device of this kind, or None when unknown (e.g. CPU)."""
+  for prefix, peak in sorted(PEAK_TFLOPS.items(), key=lambda kv: -len(kv[0])):
+    if device_kind.startswith(prefix):
+      return peak
+  return None
+
+
+def num_params(config) -> int:
+  """Parameter count (without the `var` buffer) from the config alone."""
+  m = config.model
+  tokens = (config.image_size // m.patch_size)**2
+  token_dim = m.in_channels * m.patch_size**2
+  c = m.channels
+  out_dim = token_dim * (2 if m.nvp else 1)
+  per_layer = 2 * 2 * c + (3 * c * c + 3 * c) + (c * c + c) + (4 * c * c + 4 * c) + (4 * c * c + c)
+  total = 0
+  for depth in config_lib.block_depths(m):
+    total += token_dim * c + c + tokens * c + m.num_classes * c + c * out_dim + out_dim
+    total += depth * per_layer
+  return total

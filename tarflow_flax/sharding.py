@@ -1,0 +1,86 @@
+"""Device mesh, and the one place where logical axis names become mesh axes.
+
+Parameters carry logical names (see models/transformer.py). FSDP shards the `embed` dimension of
+every large matrix over the `fsdp` mesh axis; everything else is replicated. The batch is split over
+both mesh axes (`data` × `fsdp`), so an fsdp-only mesh is also pure data parallelism for activations.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+DATA_AXES = ("data", "fsdp")
+
+# logical axis name → mesh axis (None: replicated). Names not listed are replicated.
+LOGICAL_RULES = (
+    ("embed", "fsdp"),
+    ("batch", DATA_AXES),
+    ("layers", None),
+    ("mlp", None),
+    ("qkv", None),
+    ("heads", None),
+    ("patch", None),
+    ("tokens", None),
+    ("classes", None),
+    ("norm", None),
+)
+
+
+def make_mesh(mesh_config, devices=None) -> jax.sharding.Mesh:
+  """A (data, fsdp) mesh; -1 on one axis takes the devices left over by the other."""
+  devices = jax.devices() if devices is None else devices
+  sizes = {"data": mesh_config.data, "fsdp": mesh_config.fsdp}
+  free = [k for k, v in sizes.items() if v == -1]
+  if len(free) > 1:
+    raise ValueError("config.mesh: at most one of data/fsdp may be -1")
+  fixed = int(np.prod([v for v in sizes.values() if v != -1]))
+  if free:
+    if len(devices) % fixed:
+      raise ValueError(f"config.mesh: {len(devices)} devices are not divisible by {fixed}")
+    sizes[free[0]] = len(devices) // fixed
+  if sizes["data"] * sizes["fsdp"] != len(devices):
+    raise ValueError(f"config.mesh: data={sizes['data']} × fsdp={sizes['fsdp']} must equal the "
+                     f"{len(devices)} devices")
+  return jax.make_mesh((sizes["data"], sizes["fsdp"]), DATA_AXES, devices=devices,
+                       axis_types=(jax.sharding.AxisType.Auto,) * 2)
+
+
+def data_parallel_size(mesh) -> int:
+  return int(np.prod([mesh.shape[a] for a in DATA_AXES]))
+
+
+def _spec_for(names, shape, mesh) -> P:
+  """PartitionSpec from logical names; a dimension the mesh axis does not divide is replicated."""
+  rules = dict(LOGICAL_RULES)
+  spec = []
+  for name, size in zip(names, shape):
+    axis = rules.get(name)
+    axes = (axis,) if isinstance(axis, str) else (axis or ())
+    mesh_size = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
+    spec.append(axis if axes and size % mesh_size == 0 else None)
+  return P(*spec)
+
+
+def state_shardings(state, mesh):
+  """NamedShardings for an nnx.State (or any pytree of Variables / arrays) on `mesh`."""
+
+  def leaf_sharding(x):
+    names = x.get_metadata().get("out_sharding") if isinstance(x, nnx.Variable) else None
+    shape = x.shape
+    if not names or len(names) != len(shape):
+      return NamedSharding(mesh, P())
+    return NamedSharding(mesh, _spec_for(names, shape, mesh))
+
+  return jax.tree.map(leaf_sharding, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def batch_sharding(mesh) -> NamedSharding:
+  """Leading (batch) axis split over data × fsdp."""
+  return NamedSharding(mesh, P(DATA_AXES))
+
+
+def replicated(mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())

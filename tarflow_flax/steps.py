@@ -1,0 +1,132 @@
+"""The training state and the jitted, sharded training step.
+
+The model lives as (graphdef, nnx.State) so that the step is a pure function of explicit pytrees:
+jit with explicit in/out shardings and buffer donation, no mutable module state crossing jit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from tarflow_flax import losses, models, optim, sharding
+from tarflow_flax.models.tarflow import PRIOR_LERP_WEIGHT
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a training step reads and writes. `model`/`ema` are full nnx.States (parameters
+  and the prior variance), the same items the checkpoint stores."""
+  step: jax.Array
+  model: Any
+  opt_state: Any
+  ema: Any  # None when config.ema_decay == 0.
+
+
+@dataclasses.dataclass(frozen=True)
+class Trainer:
+  """Static pieces of training: the model's graph, the optimizer, the config."""
+  graphdef: Any
+  tx: optax.GradientTransformation
+  config: Any
+
+  def init_state(self, model_state) -> TrainState:
+    params = nnx.filter_state(model_state, nnx.Param)
+    ema = model_state if self.config.ema_decay > 0 else None
+    return TrainState(step=jnp.zeros((), jnp.int32), model=model_state,
+                      opt_state=self.tx.init(params), ema=ema)
+
+  def _loss(self, params, rest, images, labels):
+    model = nnx.merge(self.graphdef, params, rest)
+    z, logdets, aux = model(images, labels)
+    loss = losses.nll_loss(z, logdets)
+    terms = {
+        "prior": 0.5 * jnp.mean(jnp.square(z)),
+        "logdet": jnp.mean(logdets),
+        "block_logdets": jnp.stack([jnp.mean(l) for l in aux["block_logdets"]]),
+        "z2": jnp.mean(jnp.square(jax.lax.stop_gradient(z)), axis=0),
+    }
+    return loss, terms
+
+  def train_step(self, state: TrainState, batch) -> tuple[TrainState, dict]:
+    """One optimizer step on a global batch, accumulated over `grad_accum_steps` micro-batches."""
+    config = self.config
+    params, rest = nnx.split_state(state.model, nnx.Param, ...)
+    labels = batch["label"] if config.model.num_classes else None
+    k = config.grad_accum_steps
+    micro = jax.tree.map(lambda a: a.reshape((k, a.shape[0] // k) + a.shape[1:]),
+                         {"image": batch["image"], "label": labels})
+    grad_fn = jax.value_and_grad(self._loss, has_aux=True)
+
+    def micro_step(mb):
+      return grad_fn(params, rest, mb["image"], mb["label"])
+
+    # Sum over micro-batches (a scan keeps one micro-batch's activations live), then average.
+    totals = micro_step(jax.tree.map(lambda a: a[0], micro))
+    if k > 1:
+      totals, _ = jax.lax.scan(lambda acc, mb: (jax.tree.map(jnp.add, acc, micro_step(mb)), None),
+                               totals, jax.tree.map(lambda a: a[1:], micro))
+    (loss, terms), grads = jax.tree.map(lambda a: a / k, totals)
+
+    updates, opt_state = self.tx.update(grads, state.opt_state, params)
+    params = optax.apply_updates(params, updates)
+    if not config.model.nvp:  # VP prior: var ← var + 0.1·(mean over the global batch of z² − var)
+      rest = jax.tree.map(lambda v: v + PRIOR_LERP_WEIGHT * (terms["z2"] - v), rest)
+    model_state = nnx.merge_state(params, rest)
+    ema = state.ema
+    if ema is not None:
+      decay = config.ema_decay
+      ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, ema, model_state)
+    metrics = {
+        "loss": loss,
+        "bpd": (loss + 0.5 * math.log(2 * math.pi) + losses.LOG_BIN_WIDTH_INV) / math.log(2.0),
+        "prior": terms["prior"],
+        "logdet": terms["logdet"],
+        "block_logdets": terms["block_logdets"],
+        "grad_norm": optax.global_norm(grads),
+        "learning_rate": optim.learning_rate_schedule(config)(state.step),
+    }
+    new_state = TrainState(step=state.step + 1, model=model_state, opt_state=opt_state, ema=ema)
+    return new_state, metrics
+
+
+def make_trainer(config) -> tuple[Trainer, Any]:
+  """(Trainer, abstract model state) for the config, without allocating parameters."""
+  abstract = nnx.eval_shape(lambda: models.build_model(config))
+  graphdef, abstract_state = nnx.split(abstract)
+  return Trainer(graphdef, optim.make_optimizer(config), config), abstract_state
+
+
+def state_shardings(trainer: Trainer, abstract_model_state, mesh):
+  """Shardings of the TrainState: parameters, moments and EMA by the logical rules."""
+  abstract = jax.eval_shape(trainer.init_state, abstract_model_state)
+  model_shardings = sharding.state_shardings(abstract_model_state, mesh)
+  return TrainState(
+      step=sharding.replicated(mesh),
+      model=model_shardings,
+      opt_state=sharding.state_shardings(abstract.opt_state, mesh),
+      ema=model_shardings if abstract.ema is not None else None)
+
+
+def init_train_state(trainer: Trainer, mesh, shardings) -> TrainState:
+  """Initialises the model (seeded by config.seed) and optimizer directly into their shardings."""
+
+  def init():
+    model = models.build_model(trainer.config)
+    return trainer.init_state(nnx.state(model))
+
+  return jax.jit(init, out_shardings=shardings)()
+
+
+def compile_train_step(trainer: Trainer, shardings, mesh):
+  """The jitted step with explicit shardings; the old state's buffers are donated."""
+  batch = {"image": sharding.batch_sharding(mesh), "label": sharding.batch_sharding(mesh)}
+  return jax.jit(trainer.train_step, in_shardings=(shardings, batch),
+                 out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=(0,))

@@ -1,0 +1,55 @@
+"""The FLOPs formula against XLA's own count, and the parameter count against the model."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+from flax import nnx
+
+from tarflow_flax import config_lib, flops, models
+
+
+def _config(**model):
+  c = config_lib.base_config()
+  c.image_size = 16
+  c.model.update(dict(in_channels=3, patch_size=2, channels=128, num_blocks=2,
+                      layers_per_block=(2, 1), num_classes=5, **model))
+  return c
+
+
+@pytest.mark.parametrize("nvp", [True, False])
+def test_param_count_matches_the_model(nvp):
+  c = _config(nvp=nvp)
+  model = nnx.eval_shape(lambda: models.build_model(c))
+  counted = sum(p.size for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+  assert flops.num_params(c) == counted
+
+
+def _xla_forward_flops(c):
+  # Unrolled layers: XLA's cost analysis counts a scan body once, not once per iteration.
+  model = models.TarFlow(**models.model_kwargs(c), scan_layers=False, rngs=nnx.Rngs(0))
+  graphdef, state = nnx.split(model)
+  fwd = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x)[0])
+  x = jnp.zeros((1, c.image_size, c.image_size, c.model.in_channels))
+  cost = fwd.lower(state, x).compile().cost_analysis()
+  return (cost[0] if isinstance(cost, list) else cost)["flops"]
+
+
+def test_forward_flops_track_xla_and_count_causal_attention_as_half():
+  small, large = _config(), _config()
+  large.image_size = 32
+  t_small, t_large = 64, 256
+  ours = [flops.forward_flops_per_image(small), flops.forward_flops_per_image(large)]
+  xla = [_xla_forward_flops(small), _xla_forward_flops(large)]
+  # XLA adds the masked half of attention and elementwise work (norms, softmax, GELU).
+  for o, x in zip(ours, xla):
+    assert o <= x <= 1.3 * o
+  # F(T)/T = linear + quadratic·T: XLA runs the full T×T attention, we count half of it.
+  quad_ours = (ours[1] / t_large - ours[0] / t_small) / (t_large - t_small)
+  quad_xla = (xla[1] / t_large - xla[0] / t_small) / (t_large - t_small)
+  assert 0.45 <= quad_ours / quad_xla <= 0.55
+
+
+def test_peak_lookup():
+  assert flops.peak_tflops("TPU v5 lite") == 197.0
+  assert flops.peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
+  assert flops.peak_tflops("cpu") is None

@@ -27,7 +27,7 @@ setuptools.setup(
     version="0.1.0",
     description="TarFlow (Zhai et al. 2024) in JAX + Flax NNX for TPU pods and GPUs.",
     packages=setuptools.find_packages(include=["tarflow_flax", "tarflow_flax.*"]),
-    package_data={"tarflow_flax": ["data/assets/*"]},
+    package_data={"tarflow_flax": ["input_pipeline/assets/*"]},
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": ["pytest==9.2.0", "pytest-xdist==3.8.0"]},

@@ -68,11 +68,11 @@ def state_shardings(state, mesh):
   """NamedShardings for an nnx.State (or any pytree of Variables / arrays) on `mesh`."""
 
   def leaf_sharding(x):
-    names = x.get_metadata().get("out_sharding") if isinstance(x, nnx.Variable) else None
-    shape = x.shape
-    if not names or len(names) != len(shape):
+    if not isinstance(x, nnx.Variable):
       return NamedSharding(mesh, P())
-    return NamedSharding(mesh, _spec_for(names, shape, mesh))
+    names = x.get_metadata().get("out_sharding")
+    spec = _spec_for(names, x.shape, mesh) if names and len(names) == len(x.shape) else P()
+    return x.replace(NamedSharding(mesh, spec))  # Same tree structure as the state.
 
   return jax.tree.map(leaf_sharding, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 

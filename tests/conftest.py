@@ -3,7 +3,14 @@
 import glob
 import os
 
-import jax
+# Multi-device code is tested on 8 fake CPU devices; must be set before jax is imported.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# One TFDS data_dir per test worker (and its subprocesses): no races on first preparation.
+if "TFDS_DATA_DIR" not in os.environ:
+  import tempfile  # pylint: disable=g-import-not-at-top
+  os.environ["TFDS_DATA_DIR"] = tempfile.mkdtemp(prefix="tarflow_tfds_")
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -54,3 +61,34 @@ def rel_err(actual, expected) -> float:
                max(np.max(np.abs(expected)), 1e-30))
 
 
+
+
+def tiny_config(**overrides):
+  """configs/tiny.py with overrides given as {'model.channels': 64, ...}."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location("tiny", os.path.join(REPO, "configs", "tiny.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def read_scalars(logdir) -> dict[str, dict[int, float]]:
+  """{tag: {step: value}} from the TensorBoard events under `logdir` (last value per step)."""
+  # pylint: disable=g-import-not-at-top
+  from tensorboard.backend.event_processing import event_accumulator
+  from tensorboard.util import tensor_util
+  acc = event_accumulator.EventAccumulator(str(logdir), size_guidance={"tensors": 0, "images": 0})
+  acc.Reload()
+  out = {}
+  for tag in acc.Tags()["tensors"]:
+    values = {e.step: tensor_util.make_ndarray(e.tensor_proto) for e in acc.Tensors(tag)}
+    if all(v.size == 1 and v.dtype.kind == "f" for v in values.values()):  # Scalars only.
+      out[tag] = {step: float(v) for step, v in values.items()}
+  return out

@@ -1,0 +1,88 @@
+"""Training-step benchmark: compile time, step time, images/s, FLOPs/image, MFU, peak memory.
+
+  python benchmarks/train_step.py --config=configs/imagenet64.py --batch=8 --steps=3 \
+      [--config.model.dtype=float32] [--config.model.remat=False] [--peak_tflops=...] [--json=F]
+
+Times the real sharded step of the trainer (steps.compile_train_step) on random data over all
+local devices. Prints a table and one JSON line. Absolute times only mean something on the
+accelerator the numbers were taken on.
+"""
+
+import json
+import resource
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+from absl import app, flags
+from ml_collections import config_flags
+
+from tarflow_flax import flops, sharding, steps
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/imagenet64.py", "Model config.")
+_BATCH = flags.DEFINE_integer("batch", 8, "Global batch size.")
+_STEPS = flags.DEFINE_integer("steps", 3, "Timed steps (after one warm-up step).")
+_PEAK = flags.DEFINE_float("peak_tflops", None, "Peak TFLOP/s per device (default: by kind).")
+_JSON = flags.DEFINE_string("json", None, "Also write the JSON result to this file.")
+
+
+def peak_memory_gib() -> float:
+  stats = jax.local_devices()[0].memory_stats() or {}
+  if "peak_bytes_in_use" in stats:
+    return stats["peak_bytes_in_use"] / 2**30
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Host RSS (CPU backend).
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  config.batch_size = _BATCH.value
+  mesh = sharding.make_mesh(config.mesh)
+  trainer, abstract = steps.make_trainer(config)
+  shardings = steps.state_shardings(trainer, abstract, mesh)
+  state = steps.init_train_state(trainer, mesh, shardings)
+  shape = (config.batch_size, config.image_size, config.image_size, config.model.in_channels)
+  batch = jax.device_put(
+      {"image": jax.random.uniform(jax.random.key(0), shape, minval=-1, maxval=1),
+       "label": jnp.zeros((config.batch_size,), jnp.int32)}, sharding.batch_sharding(mesh))
+
+  start = time.perf_counter()
+  compiled = steps.compile_train_step(trainer, shardings, mesh).lower(state, batch).compile()
+  compile_s = time.perf_counter() - start
+  state, metrics = compiled(state, batch)  # Warm-up.
+  jax.block_until_ready(metrics)
+  times = []
+  for _ in range(_STEPS.value):
+    start = time.perf_counter()
+    state, metrics = compiled(state, batch)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - start)
+  step_s = statistics.median(times)
+  kind = jax.devices()[0].device_kind
+  peak = _PEAK.value or flops.peak_tflops(kind)
+  per_image = flops.train_flops_per_image(config)
+  images_per_s = config.batch_size / step_s
+  mfu = per_image * images_per_s / (peak * 1e12 * jax.device_count()) if peak else None
+  result = {
+      "device": kind, "devices": jax.device_count(), "params_M": flops.num_params(config) / 1e6,
+      "image_size": config.image_size, "patch": config.model.patch_size,
+      "channels": config.model.channels, "blocks": config.model.num_blocks,
+      "layers": str(config.model.layers_per_block), "dtype": config.model.dtype,
+      "remat": config.model.remat, "batch": config.batch_size, "compile_s": compile_s,
+      "step_s": step_s, "images_per_s": images_per_s, "train_gflops_per_image": per_image / 1e9,
+      "achieved_tflops": per_image * images_per_s / 1e12, "mfu": mfu,
+      "peak_memory_gib": peak_memory_gib(), "loss": float(metrics["loss"]),
+  }
+  width = max(map(len, result))
+  for key, value in result.items():
+    text = f"{value:.4g}" if isinstance(value, float) else str(value)
+    print(f"{key:<{width}}  {text}")
+  print(json.dumps(result))
+  if _JSON.value:
+    with open(_JSON.value, "w") as f:
+      json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+  app.run(main)

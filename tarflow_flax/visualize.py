@@ -1,0 +1,31 @@
+"""Image grids for TensorBoard and PNG files."""
+
+import math
+
+import numpy as np
+
+
+def to_uint8(images) -> np.ndarray:
+  """[-1, 1] floats (clipped) → uint8, rounding to the nearest of 256 levels."""
+  images = np.clip(np.asarray(images, np.float32), -1.0, 1.0)
+  return np.round((images + 1.0) * 127.5).astype(np.uint8)
+
+
+def make_grid(images, ncol: int | None = None, pad: int = 2) -> np.ndarray:
+  """(N, H, W, C) → one (rows·(H+pad)+pad, ncol·(W+pad)+pad, C) grid, same dtype, padding 0."""
+  images = np.asarray(images)
+  n, h, w, c = images.shape
+  ncol = ncol or int(math.ceil(math.sqrt(n)))
+  nrow = int(math.ceil(n / ncol))
+  grid = np.zeros((nrow * (h + pad) + pad, ncol * (w + pad) + pad, c), images.dtype)
+  for i in range(n):
+    r, col = divmod(i, ncol)
+    top, left = pad + r * (h + pad), pad + col * (w + pad)
+    grid[top:top + h, left:left + w] = images[i]
+  return grid
+
+
+def save_png(path: str, image_uint8: np.ndarray) -> None:
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  image = image_uint8[..., 0] if image_uint8.shape[-1] == 1 else image_uint8
+  Image.fromarray(image).save(path)

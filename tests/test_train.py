@@ -1,0 +1,175 @@
+"""The trainer: end-to-end tiny run, sharded == unsharded, SIGKILL resume, multi-process, configs."""
+
+import glob
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from conftest import REPO, read_scalars, tiny_config
+from tarflow_flax import config_lib, flops, models, sharding, steps, train
+
+CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "*.py")))
+
+
+def _load_config(path, preset=None):
+  spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(preset) if preset is not None else module.get_config()
+
+
+def _presets(path):
+  return ["likelihood", "cond"] if path.endswith("imagenet64.py") else []
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
+def test_every_config_validates_and_builds_abstractly(path, capsys):
+  for preset in [None] + _presets(path):
+    config = _load_config(path, preset)
+    config_lib.validate(config)
+    model = nnx.eval_shape(lambda c=config: models.build_model(c))
+    counted = sum(p.size for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    assert counted == flops.num_params(config)
+    print(f"{os.path.basename(path)}:{preset or ''} {counted / 1e6:.1f} M parameters")
+  if path.endswith("imagenet64.py"):
+    assert 440e6 < flops.num_params(_load_config(path)) < 480e6  # Paper: about 460 M.
+
+
+def _run_main(workdir, *overrides, env=None, timeout=240):
+  cmd = [sys.executable, "-m", "tarflow_flax.main", "--config=configs/tiny.py",
+         f"--workdir={workdir}", *overrides]
+  return subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **(env or {})},
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_bad_config_value_stops_with_one_line(tmp_path):
+  proc = _run_main(tmp_path, "--config.model.channels=96")
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode != 0
+  assert "config.model.channels=96: must be a positive multiple of the head width 64" in out
+  assert "Traceback" not in out
+
+
+def test_tiny_trains_end_to_end_with_metrics_samples_and_eval(tmp_path):
+  config = tiny_config(**{"num_train_steps": 6, "log_every_steps": 2,
+                          "checkpoint_every_steps": 3, "sample_every_steps": 6,
+                          "eval_every_steps": 6, "num_eval_batches": 2, "sample.num_images": 4,
+                          })
+  metrics = train.train_and_evaluate(config, str(tmp_path))
+  assert np.isfinite(metrics["train/loss"]) and np.isfinite(metrics["eval/bpd"])
+  scalars = read_scalars(tmp_path)
+  for tag in ["train/loss", "train/bpd", "train/prior", "train/logdet", "train/logdet_block_0",
+              "train/logdet_block_1", "train/grad_norm", "train/learning_rate",
+              "perf/steps_per_sec", "perf/images_per_sec", "eval/bpd"]:
+    assert tag in scalars, tag
+  assert sorted(scalars["train/loss"]) == [2, 3, 4, 6]  # Log steps, and checkpoint steps.
+  from tensorboard.backend.event_processing import event_accumulator
+  acc = event_accumulator.EventAccumulator(str(tmp_path), size_guidance={"images": 0})
+  acc.Reload()
+  assert "samples" in acc.Tags()["images"] or "samples" in acc.Tags()["tensors"]
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3", "6"]
+
+
+def test_sharded_step_equals_unsharded():
+  """Same batches, same losses on 1 device and on a 4 (data) × 2 (fsdp) mesh."""
+  config = tiny_config(**{"model.nvp": False, "ema_decay": 0.9, "grad_accum_steps": 2})
+  trainer, abstract = steps.make_trainer(config)
+  rng = np.random.default_rng(0)
+  batches = [{"image": rng.uniform(-1, 1, (8, 16, 16, 1)).astype(np.float32),
+              "label": np.zeros((8,), np.int32)} for _ in range(3)]
+  runs = []
+  for data, fsdp in [(1, 1), (4, 2)]:
+    config.mesh.data, config.mesh.fsdp = data, fsdp
+    mesh = sharding.make_mesh(config.mesh, jax.devices()[:data * fsdp])
+    shardings = steps.state_shardings(trainer, abstract, mesh)
+    state = steps.init_train_state(trainer, mesh, shardings)
+    step = steps.compile_train_step(trainer, shardings, mesh)
+    losses = []
+    for batch in batches:
+      state, metrics = step(state, jax.device_put(batch, sharding.batch_sharding(mesh)))
+      losses.append(float(metrics["loss"]))
+    runs.append((losses, np.asarray(state.model["var"][...])))
+    if fsdp == 2:  # The large matrices really are split over fsdp.
+      kernel = state.model["blocks"][0]["layers"]["mlp"]["up"]["kernel"]
+      assert kernel.sharding.spec[1] == "fsdp"
+  np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=1e-5)
+  np.testing.assert_allclose(runs[0][1], runs[1][1], rtol=1e-5)  # VP prior, global-batch mean.
+
+
+def _wait_for(path, proc, timeout=180):
+  start = time.time()
+  while not os.path.exists(path):
+    if proc.poll() is not None:
+      raise AssertionError(f"process ended early:\n{proc.stdout.read()[-3000:]}")
+    if time.time() - start > timeout:
+      raise AssertionError(f"timed out waiting for {path}")
+    time.sleep(0.2)
+
+
+def test_sigkill_then_restart_continues_with_identical_losses(tmp_path):
+  flags = ["--config.num_train_steps=12", "--config.log_every_steps=1",
+           "--config.checkpoint_every_steps=4"]
+  straight = _run_main(tmp_path / "straight", *flags)
+  out, _ = straight.communicate(timeout=300)
+  assert straight.returncode == 0, out[-3000:]
+
+  killed = _run_main(tmp_path / "killed", *flags)
+  _wait_for(tmp_path / "killed" / "checkpoints" / "8" / "commit_success.txt", killed)
+  killed.send_signal(signal.SIGKILL)
+  killed.wait()
+  resumed = _run_main(tmp_path / "killed", *flags)
+  out, _ = resumed.communicate(timeout=300)
+  assert resumed.returncode == 0, out[-3000:]
+  assert "Resumed from" in out
+
+  want = read_scalars(tmp_path / "straight")["train/loss"]
+  got = read_scalars(tmp_path / "killed")["train/loss"]
+  assert sorted(want) == sorted(got) == list(range(1, 13))
+  np.testing.assert_allclose([got[s] for s in range(1, 13)], [want[s] for s in range(1, 13)],
+                             rtol=1e-6)
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process_with_four_devices(tmp_path):
+  flags = ["--config.num_train_steps=4", "--config.log_every_steps=1",
+           "--config.checkpoint_every_steps=4"]
+  env4 = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+  single = _run_main(tmp_path / "single", *flags, "--distributed=false", env=env4)
+  out, _ = single.communicate(timeout=300)
+  assert single.returncode == 0, out[-3000:]
+
+  port = _free_port()
+  env2 = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  procs = [_run_main(tmp_path / "multi", *flags, f"--coordinator_address=127.0.0.1:{port}",
+                     "--num_processes=2", f"--process_id={i}", env=env2) for i in range(2)]
+  for p in procs:
+    out, _ = p.communicate(timeout=300)
+    assert p.returncode == 0, out[-3000:]
+  want = read_scalars(tmp_path / "single")["train/loss"]
+  got = read_scalars(tmp_path / "multi")["train/loss"]
+  assert sorted(got) == sorted(want) == [1, 2, 3, 4]
+  np.testing.assert_allclose([got[s] for s in want], [want[s] for s in want], rtol=1e-5)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+  config = tiny_config(**{"num_train_steps": 8, "learning_rate": 1e30, "warmup_steps": 0,
+                          "checkpoint_every_steps": 1, "log_every_steps": 1})
+  with pytest.raises(train.NonFiniteLossError, match="last good checkpoint"):
+    train.train_and_evaluate(config, str(tmp_path))
+  saved = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit())
+  assert saved and saved[-1] < 8

@@ -1,0 +1,169 @@
+"""Input pipeline: datasets built offline, disjoint per-process shares, determinism, exact resume."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from conftest import tiny_config
+from tarflow_flax import input_pipeline as ip
+from tarflow_flax.input_pipeline import preprocessing
+
+
+def _take(iterator, k):
+  return [next(iterator) for _ in range(k)]
+
+
+def test_embedded_mnist_is_real_and_preprocessed():
+  config = tiny_config(**{"image_size": 32, "data.noise_std": 0.0})
+  source, info = ip.data_source(config.data, "train")
+  assert len(source) == 4500 and info.features["label"].num_classes == 10
+  batch = next(ip.create_train_iterator(config))
+  assert batch["image"].shape == (8, 32, 32, 1) and batch["image"].dtype == np.float32
+  # σ = 0: pixels are exactly the digits padded to 32x32 on the 256-level grid in [-1, 1].
+  assert batch["image"].min() == -1.0 and batch["image"].max() <= 1.0
+  levels = (batch["image"] + 1) * 127.5
+  np.testing.assert_allclose(levels, np.round(levels), atol=1e-4)
+  assert np.all(batch["image"][:, :2] == -1.0)  # The padding.
+  assert batch["label"].dtype == np.int32 and np.all(batch["label"] == 0)  # Unconditional.
+
+
+def test_same_seed_same_batches_other_seed_other_order():
+  config = tiny_config()
+  a = _take(ip.create_train_iterator(config), 3)
+  b = _take(ip.create_train_iterator(config), 3)
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x["image"], y["image"])
+  config.seed = 1
+  c = _take(ip.create_train_iterator(config), 3)
+  assert not np.array_equal(a[0]["image"], c[0]["image"])
+
+
+def test_resume_from_saved_state_gives_the_uninterrupted_batches():
+  config = tiny_config(**{"model.num_classes": 10, "data.random_flip": True})
+  straight = _take(ip.create_train_iterator(config), 7)
+  first = ip.create_train_iterator(config)
+  _take(first, 4)
+  state = first.get_state()
+  assert len(str(state)) < 200  # A few bytes, not a shuffle buffer.
+  fresh = ip.create_train_iterator(config)
+  fresh.set_state(state)
+  for want, got in zip(straight[4:], _take(fresh, 3)):
+    np.testing.assert_array_equal(want["image"], got["image"])
+    np.testing.assert_array_equal(want["label"], got["label"])
+
+
+def test_process_shares_are_disjoint_and_rebuild_the_global_batches():
+  config = tiny_config(**{"data.noise_std": 0.0})
+  whole = _take(ip.create_train_iterator(config, process_index=0, process_count=1), 4)
+  shares = [_take(ip.create_train_iterator(config, process_index=p, process_count=4), 4)
+            for p in range(4)]
+  for step in range(4):
+    rebuilt = np.concatenate([shares[p][step]["image"] for p in range(4)])
+    np.testing.assert_array_equal(rebuilt, whole[step]["image"])
+  # Over one epoch every example appears once: the shares are disjoint and cover the split.
+  config.batch_size = 500
+  seen = []
+  for p in range(4):
+    it = ip.create_train_iterator(config, process_index=p, process_count=4)
+    seen += [img.tobytes() for b in _take(it, 9) for img in b["image"]]
+  source, _ = ip.data_source(config.data, "train")
+  split = {preprocessing.to_unit_range(preprocessing.resize_and_crop(
+      np.asarray(source[i]["image"]), 16)).tobytes() for i in range(len(source))}
+  assert len(seen) == 4500 and set(seen) == split
+
+
+def test_eval_input_covers_the_split_exactly_once_with_padding():
+  config = tiny_config(**{"batch_size": 12})
+  source, _ = ip.data_source(config.data, "test")
+  labels, count = [], 0
+  batches_per_process = []
+  for p in range(3):
+    batches = list(ip.create_eval_iterator(config, process_index=p, process_count=3))
+    batches_per_process.append(len(batches))
+    for b in batches:
+      assert b["image_uint8"].dtype == np.uint8 and b["image_uint8"].shape == (4, 16, 16, 1)
+      count += int(b["mask"].sum())
+      assert np.all(b["image_uint8"][~b["mask"]] == 0)
+  assert count == len(source) == 500
+  assert len(set(batches_per_process)) == 1  # Same number of (collective) steps everywhere.
+
+
+def test_uniform_dequantization_matches_the_reference_op_order():
+  x = np.arange(256, dtype=np.uint8).reshape(16, 16, 1)
+  u = np.random.default_rng(0).random(x.shape, dtype=np.float32)
+  np.testing.assert_array_equal(preprocessing.dequantize(x, u),
+                                ((x.astype(np.float32) + u) / 256) * 2 - 1)
+  config = tiny_config(**{"data.noise_type": "uniform"})
+  batch = next(ip.create_train_iterator(config))
+  assert -1.0 <= batch["image"].min() and batch["image"].max() < 1.0
+
+
+def test_label_dropout_only_for_conditional_models():
+  config = tiny_config(**{"model.num_classes": 10, "data.drop_label": 0.5, "batch_size": 64})
+  labels = np.concatenate([b["label"] for b in _take(ip.create_train_iterator(config), 4)])
+  assert 0.3 < np.mean(labels == -1) < 0.7 and labels.max() <= 9
+  assert len(set(labels[labels >= 0].tolist())) > 5
+
+
+def _write_image_folder(root, sizes):
+  from PIL import Image
+  rng = np.random.default_rng(0)
+  images = {}
+  for cls, (h, w) in zip(["cat", "dog"], sizes):
+    os.makedirs(root / cls)
+    for i in range(3):
+      pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+      Image.fromarray(pixels).save(root / cls / f"{i}.png")
+      images[(cls, i)] = pixels
+  return images
+
+
+def test_image_folder_is_lossless_at_size_and_resized_otherwise(tmp_path):
+  images = _write_image_folder(tmp_path / "afhq", [(16, 16), (16, 16)])
+  config = tiny_config(**{"data.name": "image_folder", "data.manual_dir": str(tmp_path / "afhq"),
+                          "model.in_channels": 3, "model.num_classes": 2,
+                          "data.eval_split": "train", "batch_size": 6})
+  batch = next(ip.create_eval_iterator(config))
+  got = {img.tobytes() for img in batch["image_uint8"]}
+  assert got == {img.tobytes() for img in images.values()}
+  assert sorted(batch["label"].tolist()) == [0, 0, 0, 1, 1, 1]
+  big = _write_image_folder(tmp_path / "big", [(40, 24), (24, 40)])
+  del big
+  config.data.manual_dir = str(tmp_path / "big")
+  batch = next(ip.create_eval_iterator(config))
+  assert batch["image_uint8"].shape == (6, 16, 16, 3)
+
+
+def test_missing_manual_dir_and_wrong_channels_are_clear_errors(tmp_path):
+  config = tiny_config(**{"data.name": "downsampled_imagenet",
+                          "data.manual_dir": str(tmp_path / "nowhere")})
+  with pytest.raises(FileNotFoundError, match="train_64x64.tar and valid_64x64.tar"):
+    ip.create_train_iterator(config)
+  config = tiny_config(**{"data.name": "image_folder", "data.manual_dir": str(tmp_path / "x")})
+  with pytest.raises(FileNotFoundError, match="not a directory"):
+    ip.create_train_iterator(config)
+  _write_image_folder(tmp_path / "rgb", [(16, 16), (16, 16)])
+  config = tiny_config(**{"data.name": "image_folder", "data.manual_dir": str(tmp_path / "rgb")})
+  with pytest.raises(ValueError, match="in_channels=1 does not fit the 3-channel images"):
+    ip.create_train_iterator(config)
+  config = tiny_config(**{"batch_size": 7})
+  with pytest.raises(ValueError, match="divisible by the 2 processes"):
+    ip.create_train_iterator(config, process_index=0, process_count=2)
+
+
+@pytest.mark.parametrize("name,size,channels,classes", [
+    ("cifar10", 32, 3, 10),
+    ("imagenet_resized", 64, 3, 1000),
+    ("downsampled_imagenet", 64, 3, 0),
+])
+def test_tfds_datasets_through_mock_data(name, size, channels, classes, tmp_path):
+  config = tiny_config(**{"data.name": name, "data.manual_dir": str(tmp_path), "image_size": size, "model.in_channels": channels,
+                          "model.num_classes": classes, "model.patch_size": 8,
+                          "data.eval_split": "validation" if name != "cifar10" else "test"})
+  with tfds.testing.mock_data(num_examples=20):
+    batch = next(ip.create_train_iterator(config))
+    assert batch["image"].shape == (8, size, size, channels)
+    evaluated = sum(int(b["mask"].sum()) for b in ip.create_eval_iterator(config))
+  assert evaluated == 20

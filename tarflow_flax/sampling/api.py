@@ -1,0 +1,101 @@
+"""One entry point for every sampler: `sample(model, noise_tokens, y, method=...)`.
+
+methods:
+  sequential  the exact token-by-token inverse with a KV cache (TarFlow.reverse); ignores tol.
+  jacobi      one segment per block, all tokens updated in parallel per sweep.
+  gs_jacobi   `num_segments` segments per block (default 8), Gauss-Seidel across segments.
+  auto        per-block plans from a short calibration (strategy.py) that keeps the deviation
+              from the sequential sampler below `max_deviation` on the calibration batch.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from tarflow_flax.models import flow_block
+from tarflow_flax.sampling import jacobi, strategy
+from tarflow_flax.sampling.denoise import denoise
+
+METHODS = ("sequential", "jacobi", "gs_jacobi", "auto")
+DEFAULT_TOL = 1e-6
+DEFAULT_GS_SEGMENTS = 8
+
+
+@functools.partial(nnx.jit, static_argnames=("plans", "guide_what"))
+def _parallel(model, noise, y, weights, attn_temp, tol, *, plans, guide_what):
+  tokens, counts = jacobi.invert(model, noise, y, plans, tol=tol, guidance_weights=weights,
+                                 guide_what=guide_what, attn_temp=attn_temp)
+  return model.unpatchify(tokens), counts
+
+
+def plans_for(model, method: str, *, max_iters=None, num_segments=None, init="latent",
+              clamp=None) -> tuple[jacobi.BlockPlan, ...]:
+  """Uniform plans (one per block, sampling order) for 'jacobi' / 'gs_jacobi'."""
+  segments = 1 if method == "jacobi" else (num_segments or DEFAULT_GS_SEGMENTS)
+  plans = []
+  for _ in model.blocks:
+    plan = jacobi.BlockPlan.uniform(model.num_tokens, segments, init=init, clamp=clamp)
+    if max_iters is not None:
+      plan = jacobi.BlockPlan(plan.boundaries, (int(max_iters),) * (len(plan.boundaries) - 1),
+                              init, clamp)
+    plans.append(plan)
+  return tuple(plans)
+
+
+def run_plans(model, noise_tokens, y, plans, *, guidance=0.0, guide_what="ab", attn_temp=1.0,
+              annealed_guidance=False, tol=DEFAULT_TOL):
+  """Parallel inverse with explicit per-block plans → (images, iterations per block)."""
+  weights = None
+  if guidance > 0 and guide_what:
+    weights = flow_block.guidance_weights(model.num_tokens, guidance, annealed_guidance)
+  images, counts = _parallel(model, jnp.asarray(noise_tokens, jnp.float32), y, weights,
+                             jnp.float32(attn_temp), jnp.float32(tol), plans=tuple(plans),
+                             guide_what=guide_what)
+  return images, [[int(c) for c in jax.device_get(count)] for count in counts]
+
+
+def sample(model, noise_tokens, y=None, *, method: str = "sequential", guidance: float = 0.0,
+           guide_what: str = "ab", attn_temp: float = 1.0, annealed_guidance: bool = False,
+           denoise_std: float | None = None, tol: float = DEFAULT_TOL, max_iters=None,
+           **method_options):
+  """Samples NHWC images from latent tokens → (images, info).
+
+  info: 'method', 'seconds', and for the parallel methods 'iterations' (total sweeps per block,
+  sampling order), 'segment_iterations' (per segment) and 'plans'. method_options: 'num_segments',
+  'init' ('latent' | 'zeros'), 'clamp' for jacobi/gs_jacobi; 'plans' to pass explicit BlockPlans;
+  for auto, the options of `strategy.calibrate` (e.g. max_deviation, calibration_size).
+  denoise_std: apply the score-based denoising step with this noise level.
+  """
+  if method not in METHODS:
+    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+  model.check_tokens(noise_tokens)
+  model.check_labels(y, noise_tokens.shape[0])
+  if guide_what not in ("", "a", "b", "ab"):
+    raise ValueError(f"guide_what must be one of '', 'a', 'b', 'ab'; got {guide_what!r}")
+  guidance_kwargs = dict(guidance=guidance, guide_what=guide_what, attn_temp=attn_temp,
+                         annealed_guidance=annealed_guidance)
+  start = time.perf_counter()
+  info = {"method": method}
+  if method == "sequential":
+    images = model.reverse(noise_tokens, y, **guidance_kwargs)
+  else:
+    plans = method_options.pop("plans", None)
+    if plans is None and method == "auto":
+      plans, info["calibration"] = strategy.calibrate(model, noise_tokens, y, tol=tol,
+                                                      **guidance_kwargs, **method_options)
+      tol = info["calibration"]["tol"]
+    elif plans is None:
+      plans = plans_for(model, method, max_iters=max_iters, **method_options)
+    images, counts = run_plans(model, noise_tokens, y, plans, tol=tol, **guidance_kwargs)
+    info.update(plans=plans, segment_iterations=counts,
+                iterations=[sum(c) for c in counts])
+  if denoise_std:
+    images = denoise(model, images, y, denoise_std)
+  images = jax.block_until_ready(images)
+  info["seconds"] = time.perf_counter() - start
+  return images, info

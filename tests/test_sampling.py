@@ -1,0 +1,91 @@
+"""Parallel samplers equal the sequential inverse; iteration bounds; auto keeps its bound."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import rel_err, tiny_model
+from tarflow_flax import sampling
+
+EXACT = 1e-4  # Stated bound for tight-tolerance parallel samplers vs sequential (relative).
+
+
+def _noise(model, n=3, seed=0):
+  return jax.random.normal(jax.random.key(seed), (n, model.num_tokens, model.token_dim))
+
+
+@pytest.mark.parametrize("nvp,num_classes,kwargs", [
+    (True, 0, {}),
+    (False, 0, dict(guidance=0.5, attn_temp=0.5)),           # Temperature guidance, uncond.
+    (True, 3, dict(guidance=1.5, attn_temp=0.7, annealed_guidance=True)),
+    (False, 3, dict(guidance=1.0, guide_what="a")),
+    (True, 3, dict(guidance=2.0, guide_what="b")),
+])
+def test_jacobi_and_gs_jacobi_equal_sequential(nvp, num_classes, kwargs):
+  model = tiny_model(nvp=nvp, num_classes=num_classes, in_channels=3, img_size=8, patch_size=2,
+                     num_blocks=3, layers_per_block=2, scale=0.3)
+  noise = _noise(model)
+  y = jnp.array([0, 1, 2]) if num_classes else None
+  exact, _ = sampling.sample(model, noise, y, **kwargs)
+  t = model.num_tokens
+  for method, options in [("jacobi", {}), ("gs_jacobi", {"num_segments": 3})]:
+    images, info = sampling.sample(model, noise, y, method=method, tol=0.0, **kwargs, **options)
+    assert rel_err(images, exact) <= EXACT, (method, options)
+    for plan, per_segment in zip(info["plans"], info["segment_iterations"]):
+      assert all(k <= n for k, n in zip(per_segment, np.diff(plan.boundaries)))
+    assert all(k <= t - 1 for k in info["iterations"])
+
+
+def test_any_segmentation_and_zero_init_are_exact():
+  model = tiny_model(in_channels=1, img_size=8, patch_size=2, num_blocks=2, layers_per_block=1,
+                     scale=0.3)
+  noise = _noise(model)
+  exact, _ = sampling.sample(model, noise)
+  plans = (sampling.BlockPlan((1, 2, 9, 16)), sampling.BlockPlan((1, 16), init="zeros"))
+  images, info = sampling.sample(model, noise, method="gs_jacobi", plans=plans, tol=0.0)
+  assert rel_err(images, exact) <= EXACT
+  assert info["segment_iterations"][0][0] == 1  # A one-token segment needs exactly one sweep.
+
+
+def test_near_identity_blocks_converge_in_a_few_sweeps():
+  model = tiny_model(in_channels=1, img_size=8, patch_size=2, num_blocks=2, layers_per_block=1,
+                     scale=1e-4)
+  noise = _noise(model)
+  exact, _ = sampling.sample(model, noise)
+  images, info = sampling.sample(model, noise, method="jacobi", tol=1e-6)
+  assert max(info["iterations"]) <= 4
+  assert rel_err(images, exact) <= EXACT
+
+
+def test_tolerance_and_budget_stop_early():
+  model = tiny_model(in_channels=1, img_size=8, patch_size=2, num_blocks=2, layers_per_block=1,
+                     scale=0.3)
+  noise = _noise(model)
+  _, info = sampling.sample(model, noise, method="jacobi", max_iters=3)
+  assert info["iterations"] == [3, 3]
+  _, loose = sampling.sample(model, noise, method="jacobi", tol=1e-2)
+  _, tight = sampling.sample(model, noise, method="jacobi", tol=1e-7)
+  assert sum(loose["iterations"]) < sum(tight["iterations"])
+
+
+def test_auto_stays_within_its_bound_and_saves_sweeps():
+  model = tiny_model(in_channels=1, img_size=8, patch_size=2, num_blocks=2, layers_per_block=1,
+                     scale=0.05)
+  noise = _noise(model, n=4)
+  exact, _ = sampling.sample(model, noise)
+  images, info = sampling.sample(model, noise, method="auto", tol=1e-5, max_deviation=1e-3,
+                                 candidate_segments=(1, 3))
+  assert info["calibration"]["calibration_deviation"] <= 1e-3
+  assert rel_err(images, exact) <= 1e-3
+  assert sum(info["iterations"]) < 2 * (model.num_tokens - 1)  # Fewer sweeps than exact Jacobi.
+
+
+def test_denoise_option_and_bad_method():
+  model = tiny_model()
+  noise = _noise(model)
+  plain, _ = sampling.sample(model, noise)
+  denoised, _ = sampling.sample(model, noise, denoise_std=0.05)
+  np.testing.assert_allclose(denoised, sampling.denoise(model, plain, None, 0.05), atol=1e-6)
+  with pytest.raises(ValueError, match="method must be one of"):
+    sampling.sample(model, noise, method="newton")

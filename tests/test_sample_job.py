@@ -1,0 +1,70 @@
+"""The batch sampling job: shards, resume after SIGKILL without duplicates, refusal of mixing."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import REPO, tiny_config, tiny_model
+from tarflow_flax import checkpoint
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+  root = tmp_path_factory.mktemp("ckpt")
+  config = tiny_config(**{"model.num_classes": 3, "sample.denoise": False})
+  model = tiny_model(in_channels=1, img_size=16, patch_size=4, num_blocks=2, layers_per_block=1,
+                     num_classes=3)
+  checkpoint.save_model_checkpoint(str(root), model, config)
+  return root
+
+
+def _job(ckpt, outdir, *extra):
+  cmd = [sys.executable, "-m", "tarflow_flax.sample", f"--checkpoint={ckpt}", f"--outdir={outdir}",
+         "--num_samples=10", "--shard_size=2", *extra]
+  return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, env={**os.environ, "XLA_FLAGS": ""})
+
+
+def _shards(outdir):
+  return sorted(f for f in os.listdir(outdir) if f.startswith("shard_"))
+
+
+def test_killed_job_resumes_to_exactly_n_samples(ckpt, tmp_path):
+  straight = _job(ckpt, tmp_path / "straight")
+  out, _ = straight.communicate(timeout=300)
+  assert straight.returncode == 0, out[-2000:]
+
+  killed = _job(ckpt, tmp_path / "killed")
+  start = time.time()
+  while len(_shards(tmp_path / "killed") if (tmp_path / "killed").exists() else []) < 2:
+    assert killed.poll() is None, killed.stdout.read()[-2000:]
+    assert time.time() - start < 240
+    time.sleep(0.05)
+  killed.send_signal(signal.SIGKILL)
+  killed.wait()
+  assert len(_shards(tmp_path / "killed")) < 5
+  resumed = _job(ckpt, tmp_path / "killed")
+  out, _ = resumed.communicate(timeout=300)
+  assert resumed.returncode == 0, out[-2000:]
+
+  assert _shards(tmp_path / "killed") == _shards(tmp_path / "straight") == [
+      f"shard_{i:05d}.npz" for i in range(5)]
+  for name in _shards(tmp_path / "straight"):
+    a, b = np.load(tmp_path / "straight" / name), np.load(tmp_path / "killed" / name)
+    np.testing.assert_array_equal(a["images"], b["images"])
+    np.testing.assert_array_equal(a["labels"], b["labels"])
+    assert a["images"].dtype == np.uint8 and a["images"].shape == (2, 16, 16, 1)
+  labels = np.concatenate([np.load(tmp_path / "straight" / n)["labels"]
+                           for n in _shards(tmp_path / "straight")])
+  assert labels.tolist() == [i % 3 for i in range(10)]  # Class-balanced.
+  assert (tmp_path / "straight" / "grid.png").exists()
+  assert not [f for f in os.listdir(tmp_path / "killed") if f.endswith(".tmp")]
+
+  other = _job(ckpt, tmp_path / "straight", "--seed=1")
+  out, _ = other.communicate(timeout=300)
+  assert other.returncode != 0 and "holds samples of another run (differs in ['seed'])" in out

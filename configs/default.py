@@ -19,7 +19,7 @@ def get_config():
   c.data.noise_std = 0.05
   c.data.eval_split = "test"
   c.batch_size = 64
-  c.num_train_steps = 3_000
+  c.num_train_steps = 1_500
   c.learning_rate = 1e-3
   c.min_learning_rate = 1e-5
   c.warmup_steps = 100
@@ -27,7 +27,7 @@ def get_config():
   c.ema_decay = 0.999
   c.log_every_steps = 50
   c.checkpoint_every_steps = 500
-  c.sample_every_steps = 1_000
-  c.eval_every_steps = 1_000
+  c.sample_every_steps = 500
+  c.eval_every_steps = 500
   c.num_eval_batches = 10
   return c

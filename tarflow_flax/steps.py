@@ -82,7 +82,9 @@ class Trainer:
     model_state = nnx.merge_state(params, rest)
     ema = state.ema
     if ema is not None:
-      decay = config.ema_decay
+      # Warm-up: early on the average would be dominated by the (identity) initial weights.
+      step = state.step.astype(jnp.float32)
+      decay = jnp.minimum(config.ema_decay, (1.0 + step) / (10.0 + step))
       ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, ema, model_state)
     metrics = {
         "loss": loss,

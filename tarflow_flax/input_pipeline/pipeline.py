@@ -64,7 +64,8 @@ def create_train_iterator(config, *, process_index=None, process_count=None):
 
   local = grain.MapDataset.range(_ENDLESS)  # Never exhausted in practice.
   dataset = local.map(read).batch(local_batch, drop_remainder=True)
-  options = grain.ReadOptions(num_threads=max(config.data.num_workers, 1), prefetch_buffer_size=2)
+  threads = max(config.data.num_workers, 1)
+  options = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(2, threads))
   return iter(dataset.to_iter_dataset(read_options=options))
 
 

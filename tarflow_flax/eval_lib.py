@@ -19,17 +19,21 @@ from tarflow_flax import input_pipeline as data_lib
 from tarflow_flax import losses, sharding
 
 
+def masked_bpd_sums(model, images_uint8, mask, u):
+  """(Σ bpd, Σ bpd², count) over the unmasked rows, dequantizing with the given noise u."""
+  x = data_lib.dequantize(images_uint8, u)
+  z, logdets, _ = model(x)  # y = None, as the reference's evaluation.
+  bpd = losses.bits_per_dim(z, logdets)
+  w = mask.astype(jnp.float32)
+  return jnp.sum(bpd * w), jnp.sum(bpd * bpd * w), jnp.sum(w)
+
+
 def make_bpd_step(graphdef, mesh):
   """jit: (model state, uint8 images, mask, key) → (Σ bpd, Σ bpd², count) over unmasked rows."""
 
   def step(model_state, images, mask, key):
-    model = nnx.merge(graphdef, model_state)
     u = jax.random.uniform(key, images.shape, jnp.float32)
-    x = data_lib.dequantize(images, u)
-    z, logdets, _ = model(x)
-    bpd = losses.bits_per_dim(z, logdets)
-    w = mask.astype(jnp.float32)
-    return jnp.sum(bpd * w), jnp.sum(bpd * bpd * w), jnp.sum(w)
+    return masked_bpd_sums(nnx.merge(graphdef, model_state), images, mask, u)
 
   return jax.jit(step, out_shardings=sharding.replicated(mesh))
 

@@ -27,7 +27,14 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config (default: the 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (reads workdir/checkpoints).")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A checkpoint root (e.g. from convert).")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
-_METRIC = flags.DEFINE_enum("metric", "bpd", ["bpd", "fid"], "What to measure.")
+_METRIC = flags.DEFINE_enum("metric", "bpd", ["bpd", "fid", "fid_stats"],
+                            "bpd: bits/dim of a checkpoint; fid: FID of --samples against "
+                            "--ref_stats; fid_stats: write reference statistics of the config's "
+                            "data split to --out.")
+_SAMPLES = flags.DEFINE_string("samples", None, "Sampling job outdir (shard_*.npz), for fid.")
+_REF_STATS = flags.DEFINE_string("ref_stats", None, "Reference statistics .npz, for fid.")
+_INCEPTION = flags.DEFINE_string("inception_pth", None,
+                                 "FID Inception weights (.pth, e.g. pt_inception-2015-12-05).")
 _SPLIT = flags.DEFINE_string("split", None, "TFDS split (default: config.data.eval_split).")
 _NUM_DEQUANT = flags.DEFINE_integer("num_dequant", 1, "Dequantization draws per image (bpd).")
 _NUM_BATCHES = flags.DEFINE_integer("num_batches", -1, "Limit batches (-1: the whole split).")
@@ -64,23 +71,67 @@ def run_bpd(config, directory: str) -> dict:
                       "log(128) per dim"}
 
 
+def _extractor():
+  from tarflow_flax import fid  # pylint: disable=g-import-not-at-top
+  if not _INCEPTION.value:
+    raise ValueError("--inception_pth is required for FID (the standard FID Inception weights "
+                     "as a PyTorch .pth; nothing is downloaded)")
+  return fid, fid.FeatureExtractor(fid.from_pth(_INCEPTION.value))
+
+
+def run_fid() -> dict:
+  """FID of a samples directory against reference statistics; prints the protocol."""
+  if not (_SAMPLES.value and _REF_STATS.value):
+    raise ValueError("--metric=fid needs --samples=DIR and --ref_stats=FILE.npz")
+  fid, extractor = _extractor()
+  mu_ref, sigma_ref, ref_meta = fid.load_statistics(_REF_STATS.value)
+  mu, sigma, count = extractor.statistics(fid.sample_shards(_SAMPLES.value))
+  settings = fid.fid.sampling_settings(_SAMPLES.value)
+  return {"metric": "fid", "fid": fid.frechet_distance(mu, sigma, mu_ref, sigma_ref),
+          "num_samples": count, "reference": {**ref_meta, "path": _REF_STATS.value},
+          "protocol": {"samples_clipped_to": "[-1, 1] then uint8",
+                       "inception": "FID Inception-v3 pool3 (2048-d), bilinear resize to 299",
+                       **{k: settings.get(k) for k in ("method", "guidance", "guide_what",
+                                                       "attn_temp", "annealed_guidance",
+                                                       "denoise_std", "step", "weights")}}}
+
+
+def run_fid_stats(config) -> dict:
+  """Reference statistics of the config's data split (every image once) → --out .npz."""
+  from tarflow_flax import input_pipeline  # pylint: disable=g-import-not-at-top
+  if config is None or not _OUT.value:
+    raise ValueError("--metric=fid_stats needs --config and --out=FILE.npz")
+  fid, extractor = _extractor()
+  split = _SPLIT.value or config.data.train_split
+
+  def images():
+    for batch in input_pipeline.create_eval_iterator(config, split=split, process_index=0,
+                                                     process_count=1):
+      yield batch["image_uint8"][batch["mask"]]
+
+  mu, sigma, count = extractor.statistics(images())
+  source = f"{config.data.name}:{split}:{config.image_size}px"
+  fid.save_statistics(_OUT.value, mu, sigma, num_images=count, source=source)
+  return {"metric": "fid_stats", "num_images": count, "source": source, "out": _OUT.value}
+
+
 def main(argv):
   del argv
   try:
-    directory = checkpoint_dir()
     config = _CONFIG.value
     if config is not None:
       config_lib.validate(config)
     if _METRIC.value == "fid":
-      from tarflow_flax import fid_job  # pylint: disable=g-import-not-at-top
-      result = fid_job.run_from_flags()
+      result = run_fid()
+    elif _METRIC.value == "fid_stats":
+      result = run_fid_stats(config)
     else:
-      result = run_bpd(config, directory)
+      result = run_bpd(config, checkpoint_dir())
   except (ValueError, checkpoint.CheckpointError, FileNotFoundError) as e:
     sys.exit(f"error: {e}")
   if jax.process_index() == 0:
     print(json.dumps(result, indent=2))
-    if _OUT.value:
+    if _OUT.value and _METRIC.value != "fid_stats":
       with open(_OUT.value, "w") as f:
         json.dump(result, f, indent=2)
 

@@ -7,7 +7,6 @@ directory, then times `create_train_iterator` (decode, resize/crop, flip, Gaussi
 for 64x64 (lossless, no resize) and 128x128 (resize + centre crop) training. A table and JSON.
 """
 
-import json
 import os
 import tempfile
 import time
@@ -15,6 +14,7 @@ import time
 import numpy as np
 from absl import app, flags
 
+import common  # benchmarks/common.py (the script's own folder is on sys.path)
 from tarflow_flax import config_lib
 from tarflow_flax import input_pipeline as ip
 
@@ -69,10 +69,7 @@ def main(argv):
     print(f"{r['case']:<42} {r['per_host_batch']:>6} {r['images_per_s']:>10.1f} "
           f"{r['ms_per_batch']:>9.1f}")
   result = {"threads": _WORKERS.value, "rows": rows}
-  print(json.dumps(result))
-  if _JSON.value:
-    with open(_JSON.value, "w") as f:
-      json.dump(result, f, indent=2)
+  common.emit_json(result, _JSON.value)
 
 
 if __name__ == "__main__":

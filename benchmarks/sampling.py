@@ -9,15 +9,14 @@ Reports wall time per image (after one compile run), sweeps per block and max |Î
 sequential result, as a table and one JSON line; speed-ups are ratios to sequential in this run.
 """
 
-import json
 import time
 
 import jax
 import jax.numpy as jnp
 from absl import app, flags
-from flax import nnx
 from ml_collections import config_flags
 
+import common  # benchmarks/common.py (the script's own folder is on sys.path)
 from tarflow_flax import checkpoint, models, sampling
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py", "Model config.")
@@ -87,10 +86,7 @@ def main(argv):
           f"{row['iterations_per_block']}")
   result = {"device": jax.devices()[0].device_kind, "batch": _BATCH.value, "tokens":
             model.num_tokens, "guidance": _GUIDANCE.value, "tol": _TOL.value, "rows": rows}
-  print(json.dumps(result))
-  if _JSON.value:
-    with open(_JSON.value, "w") as f:
-      json.dump(result, f, indent=2)
+  common.emit_json(result, _JSON.value)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ local devices. Prints a table and one JSON line. Absolute times only mean someth
 accelerator the numbers were taken on.
 """
 
-import json
 import resource
 import statistics
 import time
@@ -18,6 +17,7 @@ import jax.numpy as jnp
 from absl import app, flags
 from ml_collections import config_flags
 
+import common  # benchmarks/common.py (the script's own folder is on sys.path)
 from tarflow_flax import flops, sharding, steps
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/imagenet64.py", "Model config.")
@@ -78,10 +78,7 @@ def main(argv):
   for key, value in result.items():
     text = f"{value:.4g}" if isinstance(value, float) else str(value)
     print(f"{key:<{width}}  {text}")
-  print(json.dumps(result))
-  if _JSON.value:
-    with open(_JSON.value, "w") as f:
-      json.dump(result, f, indent=2)
+  common.emit_json(result, _JSON.value)
 
 
 if __name__ == "__main__":

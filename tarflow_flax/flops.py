@@ -27,13 +27,18 @@ PEAK_TFLOPS = {
 }
 
 
+def _dims(config) -> tuple[int, int, int, int]:
+  """(tokens T, token size Cp, width C, proj_out size) of the config's model."""
+  m = config.model
+  token_dim = m.in_channels * m.patch_size**2
+  return ((config.image_size // m.patch_size)**2, token_dim, m.channels,
+          token_dim * (2 if m.nvp else 1))
+
+
 def forward_flops_per_image(config) -> float:
   """Forward-pass FLOPs for one image of the config's model."""
   m = config.model
-  tokens = (config.image_size // m.patch_size)**2
-  token_dim = m.in_channels * m.patch_size**2
-  c = m.channels
-  out_dim = token_dim * (2 if m.nvp else 1)
+  tokens, token_dim, c, out_dim = _dims(config)
   total = 0.0
   for depth in config_lib.block_depths(m):
     total += 2 * tokens * token_dim * c + 2 * tokens * c * out_dim
@@ -57,10 +62,7 @@ def peak_tflops(device_kind: str) -> float | None:
 def num_params(config) -> int:
   """Parameter count (without the `var` buffer) from the config alone."""
   m = config.model
-  tokens = (config.image_size // m.patch_size)**2
-  token_dim = m.in_channels * m.patch_size**2
-  c = m.channels
-  out_dim = token_dim * (2 if m.nvp else 1)
+  tokens, token_dim, c, out_dim = _dims(config)
   per_layer = 2 * 2 * c + (3 * c * c + 3 * c) + (c * c + c) + (4 * c * c + 4 * c) + (4 * c * c + c)
   total = 0
   for depth in config_lib.block_depths(m):

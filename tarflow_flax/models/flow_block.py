@@ -66,17 +66,29 @@ class FlowBlock(nnx.Module):
     rows = jnp.take(table, jnp.maximum(y, 0), axis=0)
     return jnp.where((y < 0)[:, None], mean, rows)[:, None, :]
 
-  def _embed(self, tokens, pos, cond):
+  def embed(self, tokens, pos, cond):
     """proj_in + position (+ class) embedding, in float32."""
     h = self.proj_in(tokens.astype(self.dtype)).astype(jnp.float32) + pos
     return h if cond is None else h + cond
 
-  def _split(self, out):
+  def split_params(self, out):
     """proj_out output → (log-scale a, shift b), float32."""
     out = out.astype(jnp.float32)
     if self.nvp:
       return out[..., :self.token_dim], out[..., self.token_dim:]
     return jnp.zeros_like(out), out
+
+  def sampling_conditioning(self, y, batch: int, guided: bool, attn_temp):
+    """(class embedding, attention temperature) of a sampling pass. Guided: the batch doubles to
+    [conditional (temperature 1) | unconditional (mean embedding, temperature attn_temp)]."""
+    cond = self.class_embedding(y, batch)
+    if not guided:
+      return cond, jnp.float32(1.0)
+    uncond = self.class_embedding(None, batch)
+    cond = None if cond is None else jnp.concatenate([cond, uncond])
+    temperature = jnp.concatenate([jnp.ones((batch,), jnp.float32),
+                                   jnp.full((batch,), attn_temp, jnp.float32)])
+    return cond, temperature
 
   def transform_params(self, x_perm, cond, temperature=1.0):
     """(a, b) for every token of `x_perm` (block order), shifted so token t sees tokens < t.
@@ -84,12 +96,12 @@ class FlowBlock(nnx.Module):
     cond: (N, 1, C) class embedding or None; temperature: attention temperature, scalar or (N,).
     """
     pos = self.permute(self.pos_embed[...][None])
-    h = self._embed(x_perm, pos, cond)
+    h = self.embed(x_perm, pos, cond)
     h = transformer.apply_layer_stack(self.layers, h, temperature, remat=self.remat,
                                       scan=self.scan_layers)
     out = self.proj_out(h.astype(self.dtype))
     out = jnp.concatenate([jnp.zeros_like(out[:, :1]), out[:, :-1]], axis=1)
-    return self._split(out)
+    return self.split_params(out)
 
   def __call__(self, x, y=None):
     """x: (N, T, Cp) in image token order → (z in image token order, logdet (N,))."""
@@ -111,13 +123,7 @@ class FlowBlock(nnx.Module):
     guided = guidance_weights is not None
     x = self.permute(z.astype(jnp.float32))
     pos = self.permute(self.pos_embed[...][None])
-    cond = self.class_embedding(y, n)
-    temperature = jnp.float32(1.0)
-    if guided:
-      uncond = self.class_embedding(None, n)
-      cond = None if cond is None else jnp.concatenate([cond, uncond])
-      temperature = jnp.concatenate([jnp.ones((n,), jnp.float32),
-                                     jnp.full((n,), attn_temp, jnp.float32)])
+    cond, temperature = self.sampling_conditioning(y, n, guided, attn_temp)
     cache = transformer.KVCache.zeros(self.num_layers, (2 if guided else 1) * n, t,
                                       pos.shape[-1], self.dtype)
 
@@ -126,21 +132,27 @@ class FlowBlock(nnx.Module):
       token = jax.lax.dynamic_slice_in_dim(x, i, 1, axis=1)
       if guided:
         token = jnp.concatenate([token, token])
-      h = self._embed(token, jax.lax.dynamic_slice_in_dim(pos, i, 1, axis=1), cond)
+      h = self.embed(token, jax.lax.dynamic_slice_in_dim(pos, i, 1, axis=1), cond)
       h, cache = transformer.step_layer_stack(self.layers, h, cache, i, temperature)
-      a, b = self._split(self.proj_out(h.astype(self.dtype)))
+      a, b = self.split_params(self.proj_out(h.astype(self.dtype)))
       if guided:
-        w = guidance_weights[i]
-        (a, a_u), (b, b_u) = jnp.split(a, 2), jnp.split(b, 2)
-        if "a" in guide_what:
-          a = a + w * (a - a_u)
-        if "b" in guide_what:
-          b = b + w * (b - b_u)
+        a, b = apply_guidance(a, b, guidance_weights[i], guide_what)
       nxt = jax.lax.dynamic_slice_in_dim(x, i + 1, 1, axis=1) * jnp.exp(a) + b
       return jax.lax.dynamic_update_slice_in_dim(x, nxt, i + 1, axis=1), cache
 
     x, _ = jax.lax.fori_loop(0, t - 1, step, (x, cache))
     return self.permute(x)
+
+
+def apply_guidance(a, b, weight, guide_what: str):
+  """Splits [cond | uncond] (a, b) and pushes the conditional ones away from the unconditional:
+  a ← a_c + w·(a_c − a_u) if 'a' in guide_what, likewise b."""
+  (a, a_u), (b, b_u) = jnp.split(a, 2), jnp.split(b, 2)
+  if "a" in guide_what:
+    a = a + weight * (a - a_u)
+  if "b" in guide_what:
+    b = b + weight * (b - b_u)
+  return a, b
 
 
 def guidance_weights(num_tokens: int, guidance: float, annealed: bool) -> np.ndarray:

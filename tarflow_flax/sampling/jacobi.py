@@ -73,14 +73,8 @@ def invert_block(block: flow_block.FlowBlock, z, y, plan: BlockPlan, *, tol: flo
   guided = guidance_weights is not None
   z_perm = block.permute(z.astype(jnp.float32))
   pos = block.permute(block.pos_embed[...][None])
-  cond = block.class_embedding(y, n)
-  temperature = jnp.float32(1.0)
-  if guided:
-    uncond = block.class_embedding(None, n)
-    cond = None if cond is None else jnp.concatenate([cond, uncond])
-    temperature = jnp.concatenate([jnp.ones((n,), jnp.float32),
-                                   jnp.full((n,), attn_temp, jnp.float32)])
-    # Weight for the update of token i+1 is guidance_weights[i]; pad token 0.
+  cond, temperature = block.sampling_conditioning(y, n, guided, attn_temp)
+  if guided:  # Weight for the update of token i+1 is guidance_weights[i]; pad token 0.
     weights = jnp.concatenate([jnp.zeros((1,), jnp.float32), guidance_weights])
   x = z_perm if plan.init == "latent" else jnp.zeros_like(z_perm).at[:, 0].set(z_perm[:, 0])
   cache = transformer.KVCache.zeros(block.num_layers, (2 if guided else 1) * n, t,
@@ -94,16 +88,11 @@ def invert_block(block: flow_block.FlowBlock, z, y, plan: BlockPlan, *, tol: flo
       inputs = x[:, s0 - 1:s1 - 1]
       if guided:
         inputs = jnp.concatenate([inputs, inputs])
-      h = block._embed(inputs, pos_seg, cond)  # pylint: disable=protected-access
+      h = block.embed(inputs, pos_seg, cond)
       h, cache = transformer.step_layer_stack(block.layers, h, cache, s0 - 1, temperature)
-      a, b = block._split(block.proj_out(h.astype(block.dtype)))  # pylint: disable=protected-access
+      a, b = block.split_params(block.proj_out(h.astype(block.dtype)))
       if guided:
-        w = weights[s0:s1][None, :, None]
-        (a, a_u), (b, b_u) = jnp.split(a, 2), jnp.split(b, 2)
-        if "a" in guide_what:
-          a = a + w * (a - a_u)
-        if "b" in guide_what:
-          b = b + w * (b - b_u)
+        a, b = flow_block.apply_guidance(a, b, weights[s0:s1][None, :, None], guide_what)
       new = z_seg * jnp.exp(a) + b
       if plan.clamp is not None:
         new = jnp.clip(new, -plan.clamp, plan.clamp)

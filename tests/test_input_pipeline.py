@@ -148,6 +148,12 @@ def test_missing_manual_dir_and_wrong_channels_are_clear_errors(tmp_path):
   config = tiny_config(**{"data.name": "image_folder", "data.manual_dir": str(tmp_path / "rgb")})
   with pytest.raises(ValueError, match="in_channels=1 does not fit the 3-channel images"):
     ip.create_train_iterator(config)
+  (tmp_path / "broken" / "cat").mkdir(parents=True)
+  (tmp_path / "broken" / "cat" / "0.png").write_bytes(b"not a png")
+  config = tiny_config(**{"data.name": "image_folder", "data.manual_dir": str(tmp_path / "broken"),
+                          "model.in_channels": 3})
+  with pytest.raises(RuntimeError, match=r"cannot decode .*0.png"):
+    ip.create_train_iterator(config)
   config = tiny_config(**{"batch_size": 7})
   with pytest.raises(ValueError, match="divisible by the 2 processes"):
     ip.create_train_iterator(config, process_index=0, process_count=2)
@@ -157,6 +163,7 @@ def test_missing_manual_dir_and_wrong_channels_are_clear_errors(tmp_path):
     ("cifar10", 32, 3, 10),
     ("imagenet_resized", 64, 3, 1000),
     ("downsampled_imagenet", 64, 3, 0),
+    ("imagenet2012", 32, 3, 1000),  # Random source sizes: resized and centre-cropped.
 ])
 def test_tfds_datasets_through_mock_data(name, size, channels, classes, tmp_path):
   config = tiny_config(**{"data.name": name, "data.manual_dir": str(tmp_path), "image_size": size, "model.in_channels": channels,

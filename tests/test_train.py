@@ -173,3 +173,17 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     train.train_and_evaluate(config, str(tmp_path))
   saved = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit())
   assert saved and saved[-1] < 8
+
+
+def test_resume_onto_a_mesh_with_fewer_devices(tmp_path):
+  first = _run_main(tmp_path, "--config.num_train_steps=2", "--config.checkpoint_every_steps=2",
+                    env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+  out, _ = first.communicate(timeout=300)
+  assert first.returncode == 0, out[-3000:]
+  second = _run_main(tmp_path, "--config.num_train_steps=4", "--config.checkpoint_every_steps=2",
+                     "--config.log_every_steps=1",
+                     env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+  out, _ = second.communicate(timeout=300)
+  assert second.returncode == 0, out[-3000:]
+  assert "Resumed from" in out and "step 2" in out
+  assert sorted(read_scalars(tmp_path)["train/loss"])[-2:] == [3, 4]

@@ -72,6 +72,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.sample_every_steps = 0        # 0: off.
   c.eval_every_steps = 0          # 0: off.
   c.num_eval_batches = -1         # -1: the whole eval split.
+  # In-training FID (off by default): samples from the EMA weights against reference statistics.
+  c.fid_every_steps = 0
+  c.fid = ml_collections.ConfigDict()
+  c.fid.num_samples = 2048
+  c.fid.inception_pth = ml_collections.config_dict.placeholder(str)
+  c.fid.ref_stats = ml_collections.config_dict.placeholder(str)
 
   c.sample = ml_collections.ConfigDict()
   c.sample.num_images = 16
@@ -133,7 +139,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
   for key in ("num_train_steps", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
     if c[key] < 1:
       _fail(key, "must be >= 1", c[key])
-  for key in ("sample_every_steps", "eval_every_steps", "warmup_steps"):
+  if c.fid_every_steps and not (c.fid.inception_pth and c.fid.ref_stats):
+    _fail("fid_every_steps", "needs config.fid.inception_pth and config.fid.ref_stats",
+          c.fid_every_steps)
+  for key in ("sample_every_steps", "eval_every_steps", "warmup_steps", "fid_every_steps"):
     if c[key] < 0:
       _fail(key, "must be >= 0 (0 disables)", c[key])
   if not 0.0 <= c.ema_decay < 1.0:

@@ -107,6 +107,19 @@ def sample_images(graphdef, model_state, config, mesh, num_images: int,
   return visualize.to_uint8(np.asarray(images))
 
 
+def in_training_fid(graphdef, model_state, config, mesh) -> float:
+  """FID of `config.fid.num_samples` samples (config.sample settings) against reference stats."""
+  from tarflow_flax import fid  # pylint: disable=g-import-not-at-top
+  extractor = fid.FeatureExtractor(fid.from_pth(config.fid.inception_pth),
+                                   batch_size=min(64, config.sample.num_images))
+  mu_ref, sigma_ref, _ = fid.load_statistics(config.fid.ref_stats)
+  batch = config.sample.num_images
+  batches = (sample_images(graphdef, model_state, config, mesh, batch, seed=1000 + i)
+             for i in range(-(-config.fid.num_samples // batch)))
+  mu, sigma, _ = extractor.statistics(batches)
+  return fid.frechet_distance(mu, sigma, mu_ref, sigma_ref)
+
+
 def _hparams(config) -> dict[str, Any]:
   flat = {}
 
@@ -221,6 +234,11 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         logging.info("step %d  validation bits/dim %.4f ± %.4f (%d images)", step,
                      result["bpd"], result["bpd_stderr"], result["num_images"])
         last_metrics["eval/bpd"] = result["bpd"]
+      if config.fid_every_steps and (step % config.fid_every_steps == 0 or is_last):
+        fid_state = state.ema if state.ema is not None else state.model
+        value = in_training_fid(trainer.graphdef, fid_state, config, mesh)
+        writer.write_scalars(step, {"eval/fid": value})
+        logging.info("step %d  FID %.2f (%d samples)", step, value, config.fid.num_samples)
       if preempted:
         logging.warning("Stopped at step %d after a preemption request; rerun to resume.", step)
         break

@@ -91,3 +91,19 @@ def test_missing_or_misshaped_key_is_named():
   with pytest.raises(ValueError, match=r"Mixed_7c.branch_pool.conv.weight' has shape "
                                        r"\(192, 2048, 3, 3\), expected \(192, 2048, 1, 1\)"):
     inception.load_torch_weights(inception.InceptionV3(), state)
+
+
+def test_in_training_fid_is_logged(tmp_path):
+  from conftest import read_scalars, tiny_config
+  from tarflow_flax import train
+  pth = tmp_path / "inception.pth"
+  torch_io.save_torch_state_dict(_random_state_dict(), str(pth))
+  rng = np.random.default_rng(0)
+  fid.save_statistics(str(tmp_path / "ref.npz"), rng.normal(size=2048),
+                      np.eye(2048), num_images=10, source="random")
+  config = tiny_config(**{"num_train_steps": 2, "fid_every_steps": 2, "fid.num_samples": 4,
+                          "sample.num_images": 4, "fid.inception_pth": str(pth),
+                          "fid.ref_stats": str(tmp_path / "ref.npz")})
+  train.train_and_evaluate(config, str(tmp_path / "run"))
+  values = read_scalars(tmp_path / "run")["eval/fid"]
+  assert list(values) == [2] and np.isfinite(values[2]) and values[2] > 0

@@ -14,7 +14,6 @@ from __future__ import annotations
 import re
 from typing import Callable
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx

@@ -14,7 +14,6 @@ settings; a different run is refused rather than mixed in.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 

@@ -14,7 +14,6 @@ import io
 import pickle
 import struct
 import zipfile
-from typing import Any
 
 import numpy as np
 

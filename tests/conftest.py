@@ -11,9 +11,7 @@ if "TFDS_DATA_DIR" not in os.environ:
   os.environ["TFDS_DATA_DIR"] = tempfile.mkdtemp(prefix="tarflow_tfds_")
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
-import jax.numpy as jnp
 import numpy as np
-import pytest
 from flax import nnx
 
 from tarflow_flax import models

@@ -23,7 +23,7 @@ ABS_TOL = 1e-5          # loss and bpd: small sums of large terms.
 
 FILES = golden_files()
 if not FILES:
-  pytest.skip(f"no golden files found (set TARFLOW_GOLDEN_DIR)", allow_module_level=True)
+  pytest.skip("no golden files found (set TARFLOW_GOLDEN_DIR)", allow_module_level=True)
 
 
 def nhwc(a):

@@ -77,8 +77,7 @@ def test_process_shares_are_disjoint_and_rebuild_the_global_batches():
 def test_eval_input_covers_the_split_exactly_once_with_padding():
   config = tiny_config(**{"batch_size": 12})
   source, _ = ip.data_source(config.data, "test")
-  labels, count = [], 0
-  batches_per_process = []
+  count, batches_per_process = 0, []
   for p in range(3):
     batches = list(ip.create_eval_iterator(config, process_index=p, process_count=3))
     batches_per_process.append(len(batches))

@@ -1,6 +1,5 @@
 """The torch-free .pth reader: exact arrays, and refusal of anything but a tensor state_dict."""
 
-import os
 import pickle
 import zipfile
 

@@ -4,7 +4,8 @@
       --config.image_size=32 --config.model.patch_size=2 --config.model.channels=256 \
       --config.model.num_blocks=4 --config.model.layers_per_block=4 [--checkpoint=DIR]
 
-Random weights (proj_out scaled so blocks are far from the identity) unless --checkpoint is given.
+Random weights (proj_out scaled by --weight_scale so blocks are far from the identity) unless
+--checkpoint is given.
 Reports wall time per image (after one compile run), sweeps per block and max |Δ| to the
 sequential result, as a table and one JSON line; speed-ups are ratios to sequential in this run.
 """
@@ -28,6 +29,10 @@ _ATTN_TEMP = flags.DEFINE_float("attn_temp", 1.0, "Temperature of the unconditio
 _SEGMENTS = flags.DEFINE_integer("num_segments", 8, "GS-Jacobi segments per block.")
 _REPEATS = flags.DEFINE_integer("repeats", 2, "Timed runs per method (median).")
 _JSON = flags.DEFINE_string("json", None, "Also write the JSON result here.")
+_SCALE = flags.DEFINE_float("weight_scale", 0.1, "Random proj_out scale (no --checkpoint); large "
+                            "values make the inverse expand, and sampling chaotic.")
+_CANDIDATES = flags.DEFINE_list("auto_candidates", None, "auto's candidate segment counts "
+                                "(-1: sequential); default: strategy.DEFAULT_CANDIDATES.")
 
 
 def random_model(config):
@@ -35,7 +40,7 @@ def random_model(config):
   for i, block in enumerate(model.blocks):
     kernel = block.proj_out.kernel
     key = jax.random.fold_in(jax.random.key(config.seed), i)
-    kernel[...] = 0.3 * jax.random.normal(key, kernel.shape) / kernel.shape[0]**0.5
+    kernel[...] = _SCALE.value * jax.random.normal(key, kernel.shape) / kernel.shape[0]**0.5
   return model
 
 
@@ -48,7 +53,8 @@ def main(argv):
   y = (jnp.arange(_BATCH.value) % config.model.num_classes) if config.model.num_classes else None
   kwargs = dict(guidance=_GUIDANCE.value, attn_temp=_ATTN_TEMP.value)
   runs = [("sequential", {}), ("jacobi", {}), ("gs_jacobi", {"num_segments": _SEGMENTS.value}),
-          ("auto", {})]
+          ("auto", {"candidate_segments": tuple(int(c) for c in _CANDIDATES.value)}
+           if _CANDIDATES.value else {})]
   rows, reference = [], None
   for method, options in runs:
     start = time.perf_counter()
@@ -85,7 +91,8 @@ def main(argv):
           f"{row['max_abs_diff_to_sequential']:9.2e} {row['max_rel_diff_to_sequential']:9.2e}  "
           f"{row['iterations_per_block']}")
   result = {"device": jax.devices()[0].device_kind, "batch": _BATCH.value, "tokens":
-            model.num_tokens, "guidance": _GUIDANCE.value, "tol": _TOL.value, "rows": rows}
+            model.num_tokens, "guidance": _GUIDANCE.value, "tol": _TOL.value,
+            "weight_scale": None if _CHECKPOINT.value else _SCALE.value, "rows": rows}
   common.emit_json(result, _JSON.value)
 
 

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 from etils import epath
+from jax.experimental import multihost_utils
 from flax import nnx
 from ml_collections import config_flags
 
@@ -56,10 +57,24 @@ def shard_labels(config, start: int, count: int, classes) -> np.ndarray | None:
   return pool[np.arange(start, start + count) % len(pool)]
 
 
-def shard_noise(seed: int, start: int, count: int, tokens: int, dim: int) -> jax.Array:
+def shard_noise(seed: int, start: int, count: int, tokens: int, dim: int) -> np.ndarray:
+  """Latents of samples start..start+count−1, each a function of (seed, its index) only."""
   keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(
       jnp.arange(start, start + count))
-  return jax.vmap(lambda k: jax.random.normal(k, (tokens, dim)))(keys)
+  return np.asarray(jax.vmap(lambda k: jax.random.normal(k, (tokens, dim)))(keys))
+
+
+def global_batch(values: np.ndarray, size: int, sharding) -> jax.Array:
+  """Zero-pads `values` to `size` rows and builds a global array from it; every host holds the
+  same `values`, so each one only copies the rows of its own devices."""
+  padded = np.zeros((size,) + values.shape[1:], values.dtype)
+  padded[:len(values)] = values
+  return jax.make_array_from_callback(padded.shape, sharding, lambda index: padded[index])
+
+
+def progress_bar(done: int, total: int, width: int = 30) -> str:
+  filled = width * done // max(total, 1)
+  return f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} images"
 
 
 def check_outdir(outdir, settings: dict) -> None:
@@ -98,21 +113,30 @@ def run(config, directory: str) -> int:
   graphdef, state = nnx.split(model)
   model = nnx.merge(graphdef, jax.device_put(state, sharding.state_shardings(state, mesh)))
   num_shards = -(-_NUM.value // _SHARD.value)
-  todo = [i for i in range(num_shards) if not shard_path(_OUTDIR.value, i).exists()]
-  logging.info("%d of %d shards to write", len(todo), num_shards)
+  # Every shard (the last too) is padded to one global batch that all devices divide: one compile.
+  devices = sharding.data_parallel_size(mesh)
+  batch = -(-_SHARD.value // devices) * devices
+  # Process 0 decides which shards are missing, so that all hosts run the same batches.
+  missing = np.array([not shard_path(_OUTDIR.value, i).exists() for i in range(num_shards)])
+  if jax.process_count() > 1:
+    missing = multihost_utils.broadcast_one_to_all(missing)
+  todo = [i for i in range(num_shards) if missing[i]]
+  logging.info("%d of %d shards to write (global batch %d over %d devices)", len(todo),
+               num_shards, batch, devices)
   total = sum(min(_SHARD.value, _NUM.value - i * _SHARD.value) for i in todo)
   start_time, done = time.time(), 0
   for index in todo:
     start = index * _SHARD.value
     count = min(_SHARD.value, _NUM.value - start)
-    noise = jax.device_put(shard_noise(_SEED.value, start, count, model.num_tokens,
-                                       model.token_dim), sharding.replicated(mesh))
+    noise = global_batch(shard_noise(_SEED.value, start, count, model.num_tokens,
+                                     model.token_dim), batch, sharding.batch_sharding(mesh))
     labels = shard_labels(config, start, count, classes)
-    images, _ = sampling.sample(model, noise, None if labels is None else jnp.asarray(labels),
-                                method=_METHOD.value, tol=_TOL.value, denoise_std=denoise_std,
-                                **kwargs)
+    # Labels stay replicated: small, and the model checks their range on the host.
+    y = None if labels is None else global_batch(labels, batch, sharding.replicated(mesh))
+    images, _ = sampling.sample(model, noise, y, method=_METHOD.value, tol=_TOL.value,
+                                denoise_std=denoise_std, **kwargs)
     images = visualize.to_uint8(jax.device_get(
-        jax.jit(lambda x: x, out_shardings=sharding.replicated(mesh))(images)))
+        jax.jit(lambda x: x, out_shardings=sharding.replicated(mesh))(images)))[:count]
     if jax.process_index() == 0:
       path = shard_path(_OUTDIR.value, index)
       tmp = path.parent / f".{path.name}.tmp"
@@ -124,9 +148,9 @@ def run(config, directory: str) -> int:
         visualize.save_png(str(epath.Path(_OUTDIR.value) / "grid.png"),
                            visualize.make_grid(images[:64]))
     done += count
-    rate = done / (time.time() - start_time)
-    print(f"\rshard {index + 1}/{num_shards}  {done}/{total} images  {rate:.2f} img/s",
-          end="", flush=True)
+    if jax.process_index() == 0:
+      print(f"\r{progress_bar(done, total)}  shard {index + 1}/{num_shards}  "
+            f"{done / (time.time() - start_time):.2f} img/s", end="", flush=True)
   print()
   return num_shards
 

@@ -92,3 +92,57 @@ def test_denoise_option_and_bad_method():
   np.testing.assert_allclose(denoised, sampling.denoise(model, plain, None, 0.05), atol=1e-6)
   with pytest.raises(ValueError, match="method must be one of"):
     sampling.sample(model, noise, method="newton")
+
+
+def _trained_tiny_model(steps=200):
+  """A tiny conditional model trained briefly on smooth random images (correlated tokens), so its
+  blocks are a learned, non-trivial autoregressive map rather than random weights."""
+  import optax  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from tarflow_flax import losses, models  # pylint: disable=g-import-not-at-top
+  model = models.TarFlow(in_channels=1, img_size=8, patch_size=2, channels=64, num_blocks=2,
+                         layers_per_block=1, num_classes=2, rngs=nnx.Rngs(0))
+  optimizer = nnx.Optimizer(model, optax.adam(3e-3), wrt=nnx.Param)
+
+  @nnx.jit
+  def train_step(model, optimizer, key):
+    k1, k2, k3 = jax.random.split(key, 3)
+    coarse = jax.random.normal(k1, (32, 2, 2, 1))
+    x = jnp.tanh(jax.image.resize(coarse, (32, 8, 8, 1), "linear"))
+    x = x + 0.05 * jax.random.normal(k2, x.shape)
+    y = jax.random.randint(k3, (32,), 0, 2)
+
+    def loss_fn(model):
+      z, logdets, _ = model(x, y)
+      return losses.nll_loss(z, logdets)
+
+    loss, grads = nnx.value_and_grad(loss_fn)(model)
+    optimizer.update(model, grads)
+    return loss
+
+  first = float(train_step(model, optimizer, jax.random.key(0)))
+  for step in range(1, steps):
+    loss = train_step(model, optimizer, jax.random.key(step))
+  assert float(loss) < first - 0.5  # It did learn.
+  return model
+
+
+def test_auto_within_bound_on_trained_model_with_defaults():
+  model = _trained_tiny_model()
+  noise = _noise(model, n=8, seed=3)
+  y = jnp.arange(8) % 2
+  kwargs = dict(guidance=1.0, attn_temp=0.8, annealed_guidance=True)
+  exact, _ = sampling.sample(model, noise, y, **kwargs)
+  images, info = sampling.sample(model, noise, y, method="auto", **kwargs)  # Defaults only.
+  bound = info["calibration"]["max_deviation"]
+  assert info["calibration"]["calibration_deviation"] <= bound
+  assert rel_err(images, exact) <= bound  # Also on the latents beyond the calibration batch.
+  # Parallel plans only (a CPU would otherwise pick the sequential one), with a loose tol: the
+  # budgets/tolerance fallback must still keep the bound.
+  images, info = sampling.sample(model, noise, y, method="auto", tol=1e-3, max_deviation=1e-4,
+                                 candidate_segments=(1, 4), **kwargs)
+  assert all(b["segments"] in (1, 4) for b in info["calibration"]["blocks"])
+  assert info["calibration"]["calibration_deviation"] <= 1e-4
+  assert rel_err(images, exact) <= 1e-4
+  _, info = sampling.sample(model, noise, y, method="gs_jacobi", **kwargs)  # Defaults only.
+  assert all(k <= model.num_tokens - 1 for k in info["iterations"])

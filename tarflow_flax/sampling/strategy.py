@@ -2,8 +2,10 @@
 
 On the first `calibration_size` latents of the batch:
  1. the exact sequential inverse gives every block's true input and output;
- 2. for each block (sampling order) and each candidate segmentation (1 segment = Jacobi, …,
-    T−1 one-token segments = the sequential sampler), GS-Jacobi from the block's true input counts
+ 2. each block starts from its input latent or from zeros, whichever is closer to its exact
+    output (near-identity blocks: the latent); then for each candidate segmentation (1 segment =
+    Jacobi, …, T−1 one-token segments = the sequential sampler), GS-Jacobi from the block's true
+    input counts
     the sweeps each segment needs to reach `tol` and is timed on this device (after compiling);
     the fastest candidate wins, so the choice follows the hardware (parallel sweeps pay off on
     accelerators, rarely on a CPU), and each segment's budget is set to 1.25× its measured
@@ -42,11 +44,21 @@ def _relative(a, b) -> float:
   return float(jnp.max(jnp.abs(a - b)) / jnp.maximum(jnp.max(jnp.abs(b)), 1e-30))
 
 
+def _closer_guess(block_in, block_out) -> str:
+  """'latent' if the block's input is closer to its exact output than zeros are (max norm)."""
+  return ("latent" if float(jnp.max(jnp.abs(block_in - block_out)))
+          <= float(jnp.max(jnp.abs(block_out))) else "zeros")
+
+
 def calibrate(model, noise_tokens, y=None, *, tol: float, guidance: float = 0.0,
               guide_what: str = "ab", attn_temp: float = 1.0, annealed_guidance: bool = False,
               max_deviation: float = 1e-3, calibration_size: int = 4,
-              candidate_segments=DEFAULT_CANDIDATES, init: str = "latent"):
-  """→ (plans per block in sampling order, report dict incl. the tolerance to sample with)."""
+              candidate_segments=DEFAULT_CANDIDATES, init: str | None = None):
+  """→ (plans per block in sampling order, report dict incl. the tolerance to sample with).
+
+  init: the initial guess of every block ('latent' | 'zeros'); None picks per block the one
+  closer to the block's exact output on the calibration batch.
+  """
   from tarflow_flax.sampling import api  # pylint: disable=g-import-not-at-top
   n = min(calibration_size, noise_tokens.shape[0])
   noise = jnp.asarray(noise_tokens[:n], jnp.float32)
@@ -61,11 +73,14 @@ def calibrate(model, noise_tokens, y=None, *, tol: float, guidance: float = 0.0,
   # sequence[0] is the unscaled noise; block inputs in sampling order are √var·noise, then
   # the outputs of the previous blocks.
   inputs = [noise * jnp.sqrt(model.var[...])] + [model.patchify(s) for s in sequence[1:-1]]
+  outputs = [model.patchify(s) for s in sequence[1:]]
   plans, chosen = [], []
-  for block, block_in in zip(reversed(model.blocks), inputs):
+  for block, block_in, block_out in zip(reversed(model.blocks), inputs, outputs):
+    block_init = init or _closer_guess(block_in, block_out)
     best = None
     for segments in candidate_segments:
-      plan = jacobi.BlockPlan.uniform(t, t - 1 if segments == -1 else segments, init=init)
+      plan = jacobi.BlockPlan.uniform(t, t - 1 if segments == -1 else segments,
+                                      init=block_init)
       args = (block, block_in, y_cal, weights, jnp.float32(attn_temp), jnp.float32(tol))
       jax.block_until_ready(_invert_one(*args, plan=plan, guide_what=guide_what))  # Compile.
       start = time.perf_counter()
@@ -77,8 +92,9 @@ def calibrate(model, noise_tokens, y=None, *, tol: float, guidance: float = 0.0,
     _, plan, counts = best
     lengths = np.diff(plan.boundaries)
     budgets = tuple(int(min(l, math.ceil(1.25 * c) + 1)) for l, c in zip(lengths, counts))
-    plans.append(jacobi.BlockPlan(plan.boundaries, budgets, init))
-    chosen.append({"segments": len(lengths), "calibration_sweeps": int(counts.sum()),
+    plans.append(jacobi.BlockPlan(plan.boundaries, budgets, block_init))
+    chosen.append({"segments": len(lengths), "init": block_init,
+                   "calibration_sweeps": int(counts.sum()),
                    "calibration_seconds": best[0], "budgets": list(budgets)})
 
   attempt_tol = tol
@@ -88,7 +104,7 @@ def calibrate(model, noise_tokens, y=None, *, tol: float, guidance: float = 0.0,
     if deviation <= max_deviation:
       break
     # Lift the budgets and tighten the tolerance; the last try is exact up to rounding.
-    plans = [jacobi.BlockPlan(p.boundaries, None, init) for p in plans]
+    plans = [jacobi.BlockPlan(p.boundaries, None, p.init) for p in plans]
     attempt_tol = 0.0 if attempt == 2 else attempt_tol / 10
   report = {"blocks": chosen, "tol": attempt_tol, "calibration_deviation": deviation,
             "max_deviation": max_deviation, "calibration_size": n}

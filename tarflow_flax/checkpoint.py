@@ -10,7 +10,6 @@ and the trainer adds its own (optimizer, data iterator, RNG).
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import jax
@@ -28,19 +27,24 @@ class CheckpointError(RuntimeError):
   """A checkpoint is missing, unreadable, or does not fit the requested model."""
 
 
-def manager(directory: str, *, max_to_keep: int | None = None,
-            async_save: bool = False) -> ocp.CheckpointManager:
-  """A CheckpointManager rooted at `directory` (created if needed)."""
-  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+def manager(directory, *, max_to_keep: int | None = None, async_save: bool = False,
+            create: bool = True) -> ocp.CheckpointManager:
+  """A CheckpointManager rooted at `directory` (local or gs://; created if needed)."""
+  from tarflow_flax import runtime  # pylint: disable=g-import-not-at-top
+  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create,
                                          enable_async_checkpointing=async_save)
-  return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+  return ocp.CheckpointManager(runtime.path(directory), options=options)
 
 
-def save_model_checkpoint(directory: str, model: models.TarFlow, config, *, step: int = 0,
+def save_model_checkpoint(directory, model: models.TarFlow, config, *, step: int = 0,
                           extra_meta: dict[str, Any] | None = None) -> int:
-  """Writes `model` (and the config) as step `step` of a checkpoint directory; returns the step."""
+  """Writes `model` (and the config) as step `step` of a new checkpoint directory; returns the
+  step. Refuses a directory that already holds checkpoint steps (Orbax would skip the save)."""
   meta = {"config": config.to_json(), **(extra_meta or {})}
   with manager(directory) as mngr:
+    if mngr.latest_step() is not None:
+      raise CheckpointError(f"{directory} already holds a checkpoint (step "
+                            f"{mngr.latest_step()}); write to a new folder")
     mngr.save(step, args=ocp.args.Composite(**{
         MODEL: ocp.args.StandardSave(nnx.state(model)),
         META: ocp.args.JsonSave(meta),
@@ -49,11 +53,13 @@ def save_model_checkpoint(directory: str, model: models.TarFlow, config, *, step
   return step
 
 
-def read_meta(directory: str, step: int | None = None) -> tuple[int, dict[str, Any]]:
+def read_meta(directory, step: int | None = None) -> tuple[int, dict[str, Any]]:
   """(step, meta) of the latest (or given) step; CheckpointError if there is none."""
   if not epath.Path(directory).exists():
     raise CheckpointError(f"no checkpoint directory at {directory}")
-  with manager(directory) as mngr:
+  with manager(directory, create=False) as mngr:
+    if step is not None and step not in mngr.all_steps():
+      raise CheckpointError(f"{directory} has no step {step} (it has {mngr.all_steps()})")
     step = mngr.latest_step() if step is None else step
     if step is None:
       raise CheckpointError(f"no checkpoint steps under {directory}")
@@ -68,22 +74,28 @@ def config_from_meta(meta: dict[str, Any]) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(json.loads(meta["config"]))
 
 
-def load_model(directory: str, config=None, *, step: int | None = None,
-               use_ema: bool = True) -> tuple[models.TarFlow, dict[str, Any]]:
+def load_model(directory, config=None, *, step: int | None = None, use_ema: bool = True,
+               mesh=None) -> tuple[models.TarFlow, dict[str, Any]]:
   """Restores a TarFlow from a checkpoint directory (EMA weights when present and `use_ema`).
 
   config: builds the model from it (default: the config stored in the checkpoint).
+  mesh: restore each parameter straight into its sharding on this mesh (default: one device).
   Returns (model, meta) with meta["step"] and meta["weights"] ('ema' or 'model') added.
   """
+  from tarflow_flax import sharding  # pylint: disable=g-import-not-at-top
   step, meta = read_meta(directory, step)
   config = config or config_from_meta(meta)
   abstract = nnx.eval_shape(lambda: models.build_model(config))
   graphdef, abstract_state = nnx.split(abstract)
   has_ema = (epath.Path(directory) / str(step) / EMA).exists()
   item = EMA if use_ema and has_ema else MODEL
-  with manager(directory) as mngr:
-    target = jax.tree.map(
-        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), abstract_state)
+  if mesh is None:
+    mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": 1, "fsdp": 1}),
+                              jax.devices()[:1])
+  shardings = sharding.state_shardings(abstract_state, mesh)
+  with manager(directory, create=False) as mngr:
+    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          abstract_state, shardings)
     try:
       restored = mngr.restore(step, args=ocp.args.Composite(
           **{item: ocp.args.StandardRestore(target)}))

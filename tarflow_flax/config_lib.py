@@ -66,6 +66,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh.data = -1                # -1: the devices left after the other axes.
   c.mesh.fsdp = 1
 
+  # TensorBoard events (empty: the workdir). TensorFlow writes them with its own file system
+  # layer, so they can live apart from the checkpoints (e.g. local while checkpoints go to gs://).
+  c.metrics_dir = ""
   c.log_every_steps = 10
   c.checkpoint_every_steps = 100
   c.keep_checkpoints = 3

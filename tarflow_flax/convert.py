@@ -145,23 +145,35 @@ def model_from_pth(path: str, config) -> TarFlow:
   return model_from_torch_state_dict(load_torch_state_dict(path), **kwargs)
 
 
-def main(argv):
-  del argv
-  from tarflow_flax import checkpoint  # pylint: disable=g-import-not-at-top
+def main() -> None:
+  import jax  # pylint: disable=g-import-not-at-top
+  from tarflow_flax import checkpoint, runtime, sharding  # pylint: disable=g-import-not-at-top
   config = _FLAGS.config
+  if config is None:
+    raise runtime.UserError("--config is required (the model the .pth holds)")
   config_lib.validate(config)
-  model = model_from_pth(_FLAGS.pth, config)
-  step = checkpoint.save_model_checkpoint(_FLAGS.out, model, config,
-                                          extra_meta={"source": _FLAGS.pth})
-  print(f"wrote {_FLAGS.out} (step {step}) from {_FLAGS.pth}")
+  out = runtime.path(_FLAGS.out)
+  if out.exists() and any(out.iterdir()):
+    raise runtime.UserError(f"--out {out} is not empty; write the checkpoint to a new folder")
+  model = model_from_pth(runtime.path(_FLAGS.pth), config)
+  # Every process holds the same weights; as global arrays, all of them take part in the save.
+  graphdef, state = nnx.split(model)
+  mesh = runtime.make_mesh(config)
+  model = nnx.merge(graphdef, jax.device_put(state, sharding.state_shardings(state, mesh)))
+  step = checkpoint.save_model_checkpoint(out, model, config, extra_meta={"source": _FLAGS.pth})
+  if jax.process_index() == 0:
+    print(f"done: wrote {out} (step {step}) from {_FLAGS.pth}", flush=True)
 
 
 if __name__ == "__main__":
-  from absl import app, flags  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  from tarflow_flax import runtime as _runtime  # pylint: disable=g-import-not-at-top
 
-  flags.DEFINE_string("pth", None, "PyTorch state_dict (.pth, zip format).", required=True)
-  flags.DEFINE_string("out", None, "Output Orbax checkpoint directory.", required=True)
+  flags.DEFINE_string("pth", None, "PyTorch state_dict (.pth, zip format; local or gs://).",
+                      required=True)
+  flags.DEFINE_string("out", None, "Output Orbax checkpoint directory (new; local or gs://).",
+                      required=True)
   config_flags.DEFINE_config_file("config", None, "Model config (configs/*.py).")
   _FLAGS = flags.FLAGS
-  app.run(main)
+  _runtime.run(main)

@@ -13,15 +13,14 @@ exactly once (padded last batch, masked). The trainer's validation calls the sam
 from __future__ import annotations
 
 import json
-import sys
 import time
 
 import jax
-from absl import app, flags, logging
+from absl import flags, logging
 from flax import nnx
 from ml_collections import config_flags
 
-from tarflow_flax import checkpoint, config_lib, eval_lib, sharding
+from tarflow_flax import config_lib, eval_lib, runtime
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config (default: the checkpoint's).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (reads workdir/checkpoints).")
@@ -43,28 +42,25 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed of the dequantization noise.")
 _OUT = flags.DEFINE_string("out", None, "Also write the result as JSON here.")
 
 
-def checkpoint_dir() -> str:
-  if bool(_WORKDIR.value) == bool(_CHECKPOINT.value):
-    raise ValueError("give exactly one of --workdir or --checkpoint")
-  return _CHECKPOINT.value or f"{_WORKDIR.value.rstrip('/')}/checkpoints"
-
-
-def run_bpd(config, directory: str) -> dict:
-  model, meta = checkpoint.load_model(directory, config, step=_STEP.value,
-                                      use_ema=_USE_EMA.value)
-  config = config or checkpoint.config_from_meta(meta)
-  mesh = sharding.make_mesh(config.mesh)
+def run_bpd(config, root) -> dict:
+  model, config, mesh, meta = runtime.restore_model(root, config, step=_STEP.value,
+                                                    use_ema=_USE_EMA.value)
   graphdef, state = nnx.split(model)
-  state = jax.device_put(state, sharding.state_shardings(state, mesh))
-  start = time.time()
+  start, calls = time.time(), 0
 
   def progress(draw, index):
+    nonlocal calls
+    if stop.should_stop(calls):  # Every process calls this once per batch, in the same order.
+      raise runtime.Interrupted(f"stopped at draw {draw}, batch {index}; nothing was written")
+    calls += 1
     if index % 10 == 0:
       logging.info("draw %d batch %d (%.1f s)", draw, index, time.time() - start)
 
-  result = eval_lib.evaluate_bpd(graphdef, state, config, mesh, split=_SPLIT.value,
-                                 num_batches=_NUM_BATCHES.value, num_dequant=_NUM_DEQUANT.value,
-                                 seed=_SEED.value, progress=progress)
+  with runtime.StopSignal() as stop:
+    result = eval_lib.evaluate_bpd(graphdef, state, config, mesh, split=_SPLIT.value,
+                                   num_batches=_NUM_BATCHES.value,
+                                   num_dequant=_NUM_DEQUANT.value, seed=_SEED.value,
+                                   progress=progress)
   return {**result, "metric": "bpd", "step": meta["step"], "weights": meta["weights"],
           "dataset": config.data.name, "split": _SPLIT.value or config.data.eval_split,
           "protocol": "uniform dequantization ((x_int+u)/256)*2-1, y=None, D=C*H*W, "
@@ -115,26 +111,25 @@ def run_fid_stats(config) -> dict:
   return {"metric": "fid_stats", "num_images": count, "source": source, "out": _OUT.value}
 
 
-def main(argv):
-  del argv
-  try:
-    config = _CONFIG.value
-    if config is not None:
-      config_lib.validate(config)
-    if _METRIC.value == "fid":
-      result = run_fid()
-    elif _METRIC.value == "fid_stats":
-      result = run_fid_stats(config)
-    else:
-      result = run_bpd(config, checkpoint_dir())
-  except (ValueError, checkpoint.CheckpointError, FileNotFoundError) as e:
-    sys.exit(f"error: {e}")
+def main() -> None:
+  config = _CONFIG.value
+  if config is not None:
+    config_lib.validate(config)
+  if _METRIC.value == "fid":
+    result = run_fid()
+  elif _METRIC.value == "fid_stats":
+    result = run_fid_stats(config)
+  else:
+    result = run_bpd(config, runtime.checkpoint_root(_WORKDIR.value, _CHECKPOINT.value))
   if jax.process_index() == 0:
     print(json.dumps(result, indent=2))
     if _OUT.value and _METRIC.value != "fid_stats":
-      with open(_OUT.value, "w") as f:
-        json.dump(result, f, indent=2)
+      runtime.path(_OUT.value).write_text(json.dumps(result, indent=2))
+    headline = {k: result[k] for k in ("bpd", "bpd_stderr", "fid", "num_images", "out")
+                if k in result}
+    print(f"done: {_METRIC.value} {json.dumps(headline)}"
+          + (f", written to {_OUT.value}" if _OUT.value else ""), flush=True)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  runtime.run(main)

@@ -3,30 +3,30 @@
   python -m tarflow_flax.sample --workdir=DIR --num_samples=50000 --outdir=OUT [--method=auto]
   python -m tarflow_flax.sample --checkpoint=/ckpt/afhq --config=configs/afhq256.py ...
 
-Sample i uses latent noise drawn from fold_in(key(seed), i) and (conditional models) class
-i mod num_classes, or the --classes list cycled; so every shard is a pure function of its index and
-a killed job, started again, skips the finished shards and writes exactly the missing ones. Shards
-are written atomically (temporary file + rename) by process 0; the global batch is sharded over all
-devices of all hosts. The outdir's `sampling.json` pins config, checkpoint step and sampler
-settings; a different run is refused rather than mixed in.
+Run it on every host of a slice, like training (DIR and OUT may be gs://). Sample i uses latent
+noise from fold_in(key(seed), i) and (conditional models) class i mod num_classes, or the
+--classes list cycled (sampling/batches.py): each shard is a pure function of its index, whatever
+the device or process count, and a killed job, started again, writes exactly the missing shards.
+Each shard is one global batch split over all devices of all hosts; process 0 writes it
+atomically. `OUT/sampling.json` pins config, checkpoint step and sampler settings (and, for
+--method=auto, the plan calibrated once on the job's first latents, reused on resume); a
+different run is refused rather than mixed in. Exit status 75: stopped by a signal, rerun to
+finish.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from absl import app, flags, logging
-from etils import epath
+from absl import flags, logging
 from jax.experimental import multihost_utils
-from flax import nnx
 from ml_collections import config_flags
 
-from tarflow_flax import checkpoint, sampling, sharding, visualize
+from tarflow_flax import runtime, sampling, visualize
+from tarflow_flax.sampling import batches, strategy
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config (default: the checkpoint's).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (reads workdir/checkpoints).")
@@ -47,29 +47,7 @@ _SEED = flags.DEFINE_integer("seed", 0, "Noise seed.")
 
 
 def shard_path(outdir, index: int):
-  return epath.Path(outdir) / f"shard_{index:05d}.npz"
-
-
-def shard_labels(config, start: int, count: int, classes) -> np.ndarray | None:
-  if not config.model.num_classes:
-    return None
-  pool = np.asarray(classes if classes else np.arange(config.model.num_classes), np.int32)
-  return pool[np.arange(start, start + count) % len(pool)]
-
-
-def shard_noise(seed: int, start: int, count: int, tokens: int, dim: int) -> np.ndarray:
-  """Latents of samples start..start+count−1, each a function of (seed, its index) only."""
-  keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(
-      jnp.arange(start, start + count))
-  return np.asarray(jax.vmap(lambda k: jax.random.normal(k, (tokens, dim)))(keys))
-
-
-def global_batch(values: np.ndarray, size: int, sharding) -> jax.Array:
-  """Zero-pads `values` to `size` rows and builds a global array from it; every host holds the
-  same `values`, so each one only copies the rows of its own devices."""
-  padded = np.zeros((size,) + values.shape[1:], values.dtype)
-  padded[:len(values)] = values
-  return jax.make_array_from_callback(padded.shape, sharding, lambda index: padded[index])
+  return outdir / f"shard_{index:05d}.npz"
 
 
 def progress_bar(done: int, total: int, width: int = 30) -> str:
@@ -77,96 +55,123 @@ def progress_bar(done: int, total: int, width: int = 30) -> str:
   return f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} images"
 
 
-def check_outdir(outdir, settings: dict) -> None:
-  """Creates sampling.json, or refuses an outdir written with other settings."""
-  path = epath.Path(outdir) / "sampling.json"
+_PLAN_KEY = "auto_plan"  # Written into sampling.json by the job, not a setting to compare.
+
+
+def check_outdir(outdir, settings: dict) -> dict:
+  """Creates sampling.json, or refuses an outdir written with other settings; returns what the
+  file holds (settings, and the auto plan once calibrated)."""
+  path = outdir / "sampling.json"
   if path.exists():
     previous = json.loads(path.read_text())
-    if previous != settings:
-      diff = sorted(k for k in settings if previous.get(k) != settings[k])
-      raise ValueError(f"{outdir} holds samples of another run (differs in {diff}); "
-                       "use a new --outdir")
-  elif jax.process_index() == 0:
+    pinned = {k: v for k, v in previous.items() if k != _PLAN_KEY}
+    if pinned != settings:
+      diff = sorted(k for k in set(settings) | set(pinned) if pinned.get(k) != settings.get(k))
+      raise runtime.UserError(f"{outdir} holds samples of another run (differs in {diff}); "
+                              "use a new --outdir")
+    return previous
+  multihost_utils.sync_global_devices("sampling.json checked")  # Nobody reads our new file.
+  if jax.process_index() == 0:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(settings, indent=2, sort_keys=True))
+  return settings
 
 
-def run(config, directory: str) -> int:
-  model, meta = checkpoint.load_model(directory, config, step=_STEP.value, use_ema=_USE_EMA.value)
-  config = config or checkpoint.config_from_meta(meta)
+def calibrated_plan(model, mesh, outdir, record: dict, batch: int, guidance: dict) -> dict:
+  """--method=auto: the per-block plans and tolerance, calibrated once per job on its first
+  latents and kept in sampling.json (so a resumed job samples exactly as the first run)."""
+  if _PLAN_KEY not in record:
+    noise = batches.latents(_SEED.value, 0, batch, model.num_tokens, model.token_dim)
+    labels = batches.class_labels(model.num_classes, 0, batch, record["classes"])
+    plans, report = strategy.calibrate(model, noise, labels, tol=_TOL.value, **guidance)
+    record = {**record, _PLAN_KEY: {"plans": strategy.plans_to_json(plans), "tol": report["tol"],
+                                    "calibration": report}}
+    multihost_utils.sync_global_devices("auto plan calibrated")
+    if jax.process_index() == 0:
+      (outdir / "sampling.json").write_text(json.dumps(record, indent=2, sort_keys=True))
+  plan = record[_PLAN_KEY]
+  for i, block in enumerate(plan["calibration"]["blocks"]):
+    logging.info("auto plan, block %d (sampling order): %s", i, block)
+  return {"method": "auto", "plans": strategy.plans_from_json(plan["plans"]), "tol": plan["tol"]}
+
+
+def write_shard(outdir, index: int, images: np.ndarray, labels) -> None:
+  """shard_{index}.npz, atomically (a temporary name, then a rename), and grid.png with shard 0."""
+  path = shard_path(outdir, index)
+  tmp = path.parent / f".{path.name}.tmp"
+  with tmp.open("wb") as f:
+    np.savez(f, images=images,
+             labels=np.full(len(images), -1, np.int32) if labels is None else labels)
+  tmp.rename(path)
+  if index == 0:
+    visualize.save_png(outdir / "grid.png", visualize.make_grid(images[:64]))
+
+
+def run(config, root) -> int:
+  """Writes the missing shards; returns the number of shards of the job."""
+  model, config, mesh, meta = runtime.restore_model(root, config, step=_STEP.value,
+                                                    use_ema=_USE_EMA.value)
   s = config.sample
-  kwargs = dict(guidance=s.guidance if _GUIDANCE.value is None else _GUIDANCE.value,
-                guide_what=s.guide_what,
-                attn_temp=s.attn_temp if _ATTN_TEMP.value is None else _ATTN_TEMP.value,
-                annealed_guidance=(s.annealed_guidance if _ANNEALED.value is None
-                                   else _ANNEALED.value))
+  guidance = dict(guidance=s.guidance if _GUIDANCE.value is None else _GUIDANCE.value,
+                  guide_what=s.guide_what,
+                  attn_temp=s.attn_temp if _ATTN_TEMP.value is None else _ATTN_TEMP.value,
+                  annealed_guidance=(s.annealed_guidance if _ANNEALED.value is None
+                                     else _ANNEALED.value))
   denoise = s.denoise if _DENOISE.value is None else _DENOISE.value
   denoise_std = config.data.noise_std if denoise and config.data.noise_type == "gaussian" else None
   classes = [int(c) for c in _CLASSES.value] if _CLASSES.value else None
+  outdir = runtime.path(_OUTDIR.value)
   settings = {"config": json.loads(config.to_json()), "step": meta["step"],
               "weights": meta["weights"], "method": _METHOD.value, "tol": _TOL.value,
               "seed": _SEED.value, "shard_size": _SHARD.value, "classes": classes,
-              "denoise_std": denoise_std, **kwargs}
-  check_outdir(_OUTDIR.value, settings)
+              "denoise_std": denoise_std, **guidance}
+  record = check_outdir(outdir, settings)
 
-  mesh = sharding.make_mesh(config.mesh)
-  graphdef, state = nnx.split(model)
-  model = nnx.merge(graphdef, jax.device_put(state, sharding.state_shardings(state, mesh)))
   num_shards = -(-_NUM.value // _SHARD.value)
-  # Every shard (the last too) is padded to one global batch that all devices divide: one compile.
-  devices = sharding.data_parallel_size(mesh)
-  batch = -(-_SHARD.value // devices) * devices
+  batch = batches.padded_size(_SHARD.value, mesh)  # Every shard, the last too: one compile.
+  options = {"method": _METHOD.value, "tol": _TOL.value}
+  if _METHOD.value == "auto":
+    options = calibrated_plan(model, mesh, outdir, record, batch, guidance)
   # Process 0 decides which shards are missing, so that all hosts run the same batches.
-  missing = np.array([not shard_path(_OUTDIR.value, i).exists() for i in range(num_shards)])
+  missing = np.array([not shard_path(outdir, i).exists() for i in range(num_shards)])
   if jax.process_count() > 1:
     missing = multihost_utils.broadcast_one_to_all(missing)
   todo = [i for i in range(num_shards) if missing[i]]
-  logging.info("%d of %d shards to write (global batch %d over %d devices)", len(todo),
-               num_shards, batch, devices)
+  logging.info("%d of %d shards to write (global batch %d over %d devices, %d processes)",
+               len(todo), num_shards, batch, jax.device_count(), jax.process_count())
   total = sum(min(_SHARD.value, _NUM.value - i * _SHARD.value) for i in todo)
   start_time, done = time.time(), 0
-  for index in todo:
-    start = index * _SHARD.value
-    count = min(_SHARD.value, _NUM.value - start)
-    noise = global_batch(shard_noise(_SEED.value, start, count, model.num_tokens,
-                                     model.token_dim), batch, sharding.batch_sharding(mesh))
-    labels = shard_labels(config, start, count, classes)
-    # Labels stay replicated: small, and the model checks their range on the host.
-    y = None if labels is None else global_batch(labels, batch, sharding.replicated(mesh))
-    images, _ = sampling.sample(model, noise, y, method=_METHOD.value, tol=_TOL.value,
-                                denoise_std=denoise_std, **kwargs)
-    images = visualize.to_uint8(jax.device_get(
-        jax.jit(lambda x: x, out_shardings=sharding.replicated(mesh))(images)))[:count]
-    if jax.process_index() == 0:
-      path = shard_path(_OUTDIR.value, index)
-      tmp = path.parent / f".{path.name}.tmp"
-      with tmp.open("wb") as f:
-        np.savez(f, images=images, labels=np.full(count, -1, np.int32) if labels is None
-                 else labels)
-      tmp.rename(path)
-      if index == 0:
-        visualize.save_png(str(epath.Path(_OUTDIR.value) / "grid.png"),
-                           visualize.make_grid(images[:64]))
-    done += count
-    if jax.process_index() == 0:
-      print(f"\r{progress_bar(done, total)}  shard {index + 1}/{num_shards}  "
-            f"{done / (time.time() - start_time):.2f} img/s", end="", flush=True)
-  print()
+  with runtime.StopSignal() as stop:
+    for position, index in enumerate(todo):
+      if stop.should_stop(position):
+        raise runtime.Interrupted(f"stopped with {len(todo) - position} shards left in "
+                                  f"{outdir}; rerun the same command to finish")
+      start = index * _SHARD.value
+      count = min(_SHARD.value, _NUM.value - start)
+      images, labels, info = batches.generate(
+          model, mesh, seed=_SEED.value, start=start, count=count, batch=batch, classes=classes,
+          denoise_std=denoise_std, **options, **guidance)
+      if position == 0:
+        logging.info("process %d computed %d of the %d rows of each batch", jax.process_index(),
+                     info["local_rows"], batch)
+      if jax.process_index() == 0:
+        write_shard(outdir, index, visualize.to_uint8(images), labels)
+      done += count
+      if jax.process_index() == 0:
+        print(f"\r{progress_bar(done, total)}  shard {index + 1}/{num_shards}  "
+              f"{done / (time.time() - start_time):.2f} img/s", end="", flush=True)
+  multihost_utils.sync_global_devices("shards written")
+  if jax.process_index() == 0:
+    print(f"\nwrote {_NUM.value} samples in {num_shards} shards to {outdir} "
+          f"(sampling.json, grid.png)", flush=True)
   return num_shards
 
 
-def main(argv):
-  del argv
-  try:
-    if bool(_WORKDIR.value) == bool(_CHECKPOINT.value):
-      raise ValueError("give exactly one of --workdir or --checkpoint")
-    directory = _CHECKPOINT.value or f"{_WORKDIR.value.rstrip('/')}/checkpoints"
-    if _NUM.value < 1 or _SHARD.value < 1:
-      raise ValueError("--num_samples and --shard_size must be >= 1")
-    run(_CONFIG.value, directory)
-  except (ValueError, checkpoint.CheckpointError) as e:
-    sys.exit(f"error: {e}")
+def main() -> None:
+  if _NUM.value < 1 or _SHARD.value < 1:
+    raise runtime.UserError("--num_samples and --shard_size must be >= 1")
+  run(_CONFIG.value, runtime.checkpoint_root(_WORKDIR.value, _CHECKPOINT.value))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  runtime.run(main)

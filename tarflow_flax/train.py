@@ -6,7 +6,7 @@ of a multi-host job runs it; process 0 writes metrics; Orbax coordinates checkpo
 
 from __future__ import annotations
 
-import signal
+import json
 import time
 from typing import Any
 
@@ -19,35 +19,17 @@ from clu import metric_writers
 from etils import epath
 from flax import nnx
 
-from tarflow_flax import checkpoint, config_lib, eval_lib, flops, sampling, sharding, steps
+from tarflow_flax import checkpoint, config_lib, eval_lib, flops, runtime, sharding, steps
 from tarflow_flax import input_pipeline as data_lib
 from tarflow_flax import visualize
+from tarflow_flax.sampling import batches as sample_batches
 
 OPT, DATA = "opt", "data"
+FID_SEED = 1000  # In-training FID samples; the TensorBoard grid uses seed 0.
 
 
 class NonFiniteLossError(FloatingPointError):
   """Training produced a NaN/inf loss or gradient; the last good checkpoint is kept."""
-
-
-class _StopRequest:
-  """Set by SIGTERM (e.g. a preemptible VM being reclaimed); the loop saves and exits."""
-
-  def __init__(self):
-    self.requested = False
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # Not the main thread (e.g. a test runner thread): no handler.
-      self._previous = None
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    logging.warning("SIGTERM received: saving a checkpoint and stopping.")
-    self.requested = True
-
-  def restore(self):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
 
 
 def _checkpoint_args(state: steps.TrainState, data_state, config, save: bool):
@@ -73,15 +55,16 @@ def _restore_or_init(mngr, trainer, abstract_model, shardings, mesh, train_iter,
   if latest is None:
     logging.info("No checkpoint in the workdir: initialising from config.seed=%d", config.seed)
     return steps.init_train_state(trainer, mesh, shardings)
+  _check_same_model(mngr.directory, latest, config)
   abstract_state = jax.eval_shape(trainer.init_state, abstract_model)
   target = _abstract_with_shardings(abstract_state, shardings)
   try:
     restored = mngr.restore(latest, args=_checkpoint_args(target, None, config, save=False))
   except Exception as e:
     raise checkpoint.CheckpointError(
-        f"cannot resume from {mngr.directory} step {latest} ({type(e).__name__}: "
-        f"{str(e).splitlines()[0][:300]}); move the broken step away to resume from an "
-        "earlier one") from e
+        f"cannot resume from {mngr.directory} step {latest}: the step is unreadable "
+        f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); delete that step's folder to "
+        "resume from the one before it") from e
   train_iter.set_state(restored[DATA])
   logging.info("Resumed from %s step %d", mngr.directory, latest)
   return steps.TrainState(step=jax.device_put(jnp.int32(latest), sharding.replicated(mesh)),
@@ -89,22 +72,25 @@ def _restore_or_init(mngr, trainer, abstract_model, shardings, mesh, train_iter,
                           ema=restored.get(checkpoint.EMA))
 
 
-def sample_images(graphdef, model_state, config, mesh, num_images: int,
-                  seed: int = 0) -> np.ndarray:
-  """Samples (uint8 NHWC) from a model state with the config's guidance and denoising."""
-  model = nnx.merge(graphdef, model_state)
-  noise = jax.random.normal(jax.random.key(seed), (num_images, model.num_tokens, model.token_dim))
-  labels = None
-  if config.model.num_classes:
-    labels = jnp.arange(num_images, dtype=jnp.int32) % config.model.num_classes
+def sample_options(config) -> dict[str, Any]:
+  """The config's sampler settings (sequential sampler, guidance, denoising)."""
   s = config.sample
-  images = model.reverse(noise, labels, guidance=s.guidance, guide_what=s.guide_what,
-                         attn_temp=s.attn_temp, annealed_guidance=s.annealed_guidance)
-  if s.denoise and config.data.noise_type == "gaussian":
-    images = sampling.denoise(model, images, labels, config.data.noise_std)
-  # Gather to every host (the result may be sharded over devices of several processes).
-  images = jax.jit(lambda x: x, out_shardings=sharding.replicated(mesh))(images)
-  return visualize.to_uint8(np.asarray(images))
+  denoise = s.denoise and config.data.noise_type == "gaussian"
+  return dict(guidance=s.guidance, guide_what=s.guide_what, attn_temp=s.attn_temp,
+              annealed_guidance=s.annealed_guidance,
+              denoise_std=config.data.noise_std if denoise else None)
+
+
+def generate_samples(graphdef, model_state, config, mesh, num_images: int, seed: int):
+  """Float NHWC sample batches of `config.sample.num_images` (the last one shorter) as the sample
+  job makes them: sample i depends on (seed, i) only, classes balanced over all samples."""
+  model = nnx.merge(graphdef, model_state)
+  batch = sample_batches.padded_size(config.sample.num_images, mesh)
+  for start in range(0, num_images, config.sample.num_images):
+    count = min(config.sample.num_images, num_images - start)
+    images, _, _ = sample_batches.generate(model, mesh, seed=seed, start=start, count=count,
+                                           batch=batch, **sample_options(config))
+    yield images
 
 
 def in_training_fid(graphdef, model_state, config, mesh) -> float:
@@ -113,10 +99,9 @@ def in_training_fid(graphdef, model_state, config, mesh) -> float:
   extractor = fid.FeatureExtractor(fid.from_pth(config.fid.inception_pth),
                                    batch_size=min(64, config.sample.num_images))
   mu_ref, sigma_ref, _ = fid.load_statistics(config.fid.ref_stats)
-  batch = config.sample.num_images
-  batches = (sample_images(graphdef, model_state, config, mesh, batch, seed=1000 + i)
-             for i in range(-(-config.fid.num_samples // batch)))
-  mu, sigma, _ = extractor.statistics(batches)
+  images = (visualize.to_uint8(b) for b in generate_samples(
+      graphdef, model_state, config, mesh, config.fid.num_samples, seed=FID_SEED))
+  mu, sigma, _ = extractor.statistics(images)
   return fid.frechet_distance(mu, sigma, mu_ref, sigma_ref)
 
 
@@ -137,6 +122,20 @@ def _hparams(config) -> dict[str, Any]:
   return flat
 
 
+def _check_same_model(directory, step: int, config) -> None:
+  """Refuses to resume a checkpoint written for another model (one line naming the keys)."""
+  _, meta = checkpoint.read_meta(directory, step)
+  saved = checkpoint.config_from_meta(meta)
+  changed = sorted(k for k in set(saved.model) | set(config.model)
+                   if k not in ("dtype", "remat") and saved.model.get(k) != config.model.get(k))
+  if saved.image_size != config.image_size:
+    changed.insert(0, "image_size")
+  if changed:
+    raise config_lib.ConfigError(
+        f"the workdir's checkpoint (step {step}) is of another model: it differs in "
+        f"{', '.join(changed)}; use a new --workdir, or the config that trained it")
+
+
 def _check_finite(step: int, metrics: dict[str, float], last_saved) -> None:
   bad = [k for k in ("loss", "grad_norm") if not np.isfinite(metrics[k])]
   if bad:
@@ -146,10 +145,21 @@ def _check_finite(step: int, metrics: dict[str, float], last_saved) -> None:
         "and restart from it.")
 
 
-def train_and_evaluate(config, workdir: str) -> dict[str, float]:
-  """Trains (resuming from `workdir/checkpoints` if present); returns the last logged metrics."""
+def _write_config(workdir: epath.Path, config) -> None:
+  """workdir/config.json, by process 0, once the run has started (a run that fails at start
+  leaves the previous one in place)."""
+  if jax.process_index() == 0:
+    (workdir / "config.json").write_text(json.dumps(json.loads(config.to_json()), indent=2))
+
+
+def train_and_evaluate(config, workdir) -> dict[str, float]:
+  """Trains (resuming from `workdir/checkpoints` if present); returns the last logged metrics.
+
+  Raises runtime.Interrupted after saving a checkpoint when a stop was requested (signal or
+  preemption notice, agreed by all processes): rerunning resumes from that checkpoint.
+  """
   config_lib.validate(config)
-  mesh = sharding.make_mesh(config.mesh)
+  mesh = runtime.make_mesh(config)
   dp = sharding.data_parallel_size(mesh)
   if config.batch_size % (dp * config.grad_accum_steps):
     raise config_lib.ConfigError(
@@ -157,26 +167,30 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         f"{dp} × grad_accum_steps {config.grad_accum_steps}")
   logging.info("Processes: %d, devices: %d (%s), mesh: %s", jax.process_count(),
                jax.device_count(), jax.devices()[0].device_kind, dict(mesh.shape))
-  workdir = epath.Path(workdir)
+  workdir = runtime.path(workdir)
+  metrics_dir = runtime.path(config.metrics_dir) if config.metrics_dir else workdir
   trainer, abstract_model = steps.make_trainer(config)
   shardings = steps.state_shardings(trainer, abstract_model, mesh)
   logging.info("Model: %.1f M parameters, %.2f GFLOPs per training image",
                flops.num_params(config) / 1e6, flops.train_flops_per_image(config) / 1e9)
 
   train_iter = data_lib.create_train_iterator(config)
-  mngr = checkpoint.manager(str(workdir / "checkpoints"), max_to_keep=config.keep_checkpoints,
+  if config.eval_every_steps:  # Found now rather than at the first evaluation, hours in.
+    data_lib.data_source(config.data, config.data.eval_split)
+  mngr = checkpoint.manager(workdir / "checkpoints", max_to_keep=config.keep_checkpoints,
                             async_save=True)
   state = _restore_or_init(mngr, trainer, abstract_model, shardings, mesh, train_iter, config)
   start_step = int(state.step)
   last_saved = mngr.latest_step()
+  _write_config(workdir, config)
 
-  writer = metric_writers.create_default_writer(str(workdir),
+  writer = metric_writers.create_default_writer(str(metrics_dir),
                                                 just_logging=jax.process_index() > 0)
   if start_step == 0:
     writer.write_hparams(_hparams(config))
   train_step = steps.compile_train_step(trainer, shardings, mesh)
   batches = data_lib.prefetch_to_device(train_iter, mesh, config.data.prefetch)
-  stop = _StopRequest()
+  stop = runtime.StopSignal()
   peak = flops.peak_tflops(jax.devices()[0].device_kind)
   train_flops = flops.train_flops_per_image(config)
 
@@ -187,44 +201,58 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
               force=True)
     last_saved = step
 
-  summed, interval_start, interval_steps = None, time.time(), 0
+  summed, interval_steps = None, 0
+  # Throughput and time left count from the end of the first step: compilation is not training.
+  timed_start, timed_steps = None, 0
   last_metrics: dict[str, float] = {}
-  step = start_step
+  step, preempted = start_step, False
   try:
     while step < config.num_train_steps:
       state, metrics = train_step(state, next(batches))
       step += 1
       interval_steps += 1
       summed = metrics if summed is None else jax.tree.map(jnp.add, summed, metrics)
+      if timed_start is None:
+        jax.block_until_ready(metrics)
+        timed_start = time.time()
+      else:
+        timed_steps += 1
       is_last = step == config.num_train_steps
-      preempted = stop.requested or mngr.reached_preemption(step)
+      preempted = stop.should_stop(step)
       do_ckpt = step % config.checkpoint_every_steps == 0 or is_last or preempted
       if step % config.log_every_steps == 0 or do_ckpt:
         means = jax.device_get(jax.tree.map(lambda a: a / interval_steps, summed))
         _check_finite(step, means, last_saved)
-        elapsed = time.time() - interval_start
-        images_per_sec = interval_steps * config.batch_size / elapsed
         scalars = {f"train/{k}": float(v) for k, v in means.items() if k != "block_logdets"}
         scalars.update({f"train/logdet_block_{i}": float(v)
                         for i, v in enumerate(means["block_logdets"])})
-        scalars.update({"perf/steps_per_sec": interval_steps / elapsed,
-                        "perf/images_per_sec": images_per_sec})
-        if peak:
-          scalars["perf/mfu"] = train_flops * images_per_sec / (peak * 1e12 * jax.device_count())
+        eta = "?"
+        if timed_steps:
+          elapsed = time.time() - timed_start
+          images_per_sec = timed_steps * config.batch_size / elapsed
+          scalars.update({"perf/steps_per_sec": timed_steps / elapsed,
+                          "perf/images_per_sec": images_per_sec})
+          if peak:
+            scalars["perf/mfu"] = train_flops * images_per_sec / (peak * 1e12 * jax.device_count())
+          eta = time.strftime("%H:%M:%S", time.gmtime(
+              (config.num_train_steps - step) * elapsed / timed_steps))
         writer.write_scalars(step, scalars)
-        eta = (config.num_train_steps - step) * elapsed / interval_steps
         logging.info("step %d/%d  loss %.5f  bpd %.4f  %.1f img/s  %s left", step,
                      config.num_train_steps, scalars["train/loss"], scalars["train/bpd"],
-                     images_per_sec, time.strftime("%H:%M:%S", time.gmtime(eta)))
+                     scalars.get("perf/images_per_sec", float("nan")), eta)
         last_metrics = scalars
-        summed, interval_start, interval_steps = None, time.time(), 0
+        summed, interval_steps = None, 0
+        timed_start, timed_steps = time.time(), 0
       if do_ckpt:
         save(step)
+      if preempted:
+        break
       if config.sample_every_steps and (step % config.sample_every_steps == 0 or is_last):
         sample_state = state.ema if state.ema is not None else state.model
-        images = sample_images(trainer.graphdef, sample_state, config, mesh,
-                               config.sample.num_images)
-        writer.write_images(step, {"samples": visualize.make_grid(images)[None]})
+        images = next(generate_samples(trainer.graphdef, sample_state, config, mesh,
+                                       config.sample.num_images, seed=0))
+        writer.write_images(step, {"samples": visualize.make_grid(
+            visualize.to_uint8(images))[None]})
       if config.eval_every_steps and (step % config.eval_every_steps == 0 or is_last):
         eval_state = state.ema if state.ema is not None else state.model
         result = eval_lib.evaluate_bpd(trainer.graphdef, eval_state, config, mesh,
@@ -239,13 +267,13 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         value = in_training_fid(trainer.graphdef, fid_state, config, mesh)
         writer.write_scalars(step, {"eval/fid": value})
         logging.info("step %d  FID %.2f (%d samples)", step, value, config.fid.num_samples)
-      if preempted:
-        logging.warning("Stopped at step %d after a preemption request; rerun to resume.", step)
-        break
   finally:
-    stop.restore()
+    stop.close()
     mngr.wait_until_finished()
     mngr.close()
     writer.flush()
     writer.close()
+  if preempted:
+    raise runtime.Interrupted(f"stopped at step {step} with a checkpoint in "
+                              f"{workdir / 'checkpoints'}; rerun the same command to resume")
   return last_metrics

@@ -1,8 +1,10 @@
 """Image grids for TensorBoard and PNG files."""
 
+import io
 import math
 
 import numpy as np
+from etils import epath
 
 
 def to_uint8(images) -> np.ndarray:
@@ -25,7 +27,10 @@ def make_grid(images, ncol: int | None = None, pad: int = 2) -> np.ndarray:
   return grid
 
 
-def save_png(path: str, image_uint8: np.ndarray) -> None:
+def save_png(path, image_uint8: np.ndarray) -> None:
+  """Writes an HWC uint8 image as PNG to a local or gs:// path."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
   image = image_uint8[..., 0] if image_uint8.shape[-1] == 1 else image_uint8
-  Image.fromarray(image).save(path)
+  buffer = io.BytesIO()
+  Image.fromarray(image).save(buffer, format="PNG")
+  epath.Path(path).write_bytes(buffer.getvalue())

@@ -5,6 +5,8 @@ import os
 
 # Multi-device code is tested on 8 fake CPU devices; must be set before jax is imported.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# Tests run on the CPU even where libtpu is installed (the `tpu` extra): no TPU probing.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One TFDS data_dir per test worker (and its subprocesses): no races on first preparation.
 if "TFDS_DATA_DIR" not in os.environ:
   import tempfile  # pylint: disable=g-import-not-at-top
@@ -59,6 +61,14 @@ def rel_err(actual, expected) -> float:
                max(np.max(np.abs(expected)), 1e-30))
 
 
+
+
+def free_port() -> int:
+  """A free TCP port on 127.0.0.1 (for jax.distributed coordinators and local test servers)."""
+  import socket  # pylint: disable=g-import-not-at-top
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
 
 
 def tiny_config(**overrides):

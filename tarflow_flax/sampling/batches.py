@@ -1,0 +1,68 @@
+"""Reproducible sample batches spread over every device of every host.
+
+Sample i of a run with seed s has the latent drawn from fold_in(key(s), i) and (conditional
+models) the class i mod num_classes, or the i-th entry of a class list cycled: each image depends
+on (seed, i) only, not on the batch it falls in, nor on the device or process count. A batch is
+zero-padded to a size the data-parallel devices divide (one compiled shape for every batch) and
+split over them, so every device computes only its own rows.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tarflow_flax import sharding
+
+
+def latents(seed: int, start: int, count: int, tokens: int, dim: int) -> np.ndarray:
+  """Latents (count, tokens, dim) of samples start..start+count−1."""
+  keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(
+      jnp.arange(start, start + count))
+  return np.asarray(jax.vmap(lambda k: jax.random.normal(k, (tokens, dim)))(keys))
+
+
+def class_labels(num_classes: int, start: int, count: int, classes=None) -> np.ndarray | None:
+  """Labels of samples start..start+count−1 (None for an unconditional model): balanced."""
+  if not num_classes:
+    return None
+  pool = np.asarray(classes if classes else np.arange(num_classes), np.int32)
+  return pool[np.arange(start, start + count) % len(pool)]
+
+
+def padded_size(count: int, mesh) -> int:
+  """The smallest batch >= count that the mesh's data-parallel devices divide."""
+  devices = sharding.data_parallel_size(mesh)
+  return -(-count // devices) * devices
+
+
+def global_batch(values: np.ndarray, size: int, target) -> jax.Array:
+  """`values` zero-padded to `size` rows as a global array with sharding `target`. Every host
+  holds the same `values` and copies only the rows of its own devices."""
+  padded = np.zeros((size,) + values.shape[1:], values.dtype)
+  padded[:len(values)] = values
+  return jax.make_array_from_callback(padded.shape, target, lambda index: padded[index])
+
+
+def local_rows(array: jax.Array) -> int:
+  """How many rows of `array` live on this process's devices (replicas counted once)."""
+  return len({s.index[0].indices(array.shape[0]) for s in array.addressable_shards})
+
+
+def generate(model, mesh, *, seed: int, start: int, count: int, batch: int, classes=None,
+             **sample_options) -> tuple[np.ndarray, np.ndarray | None, dict]:
+  """Samples start..start+count−1 (count <= batch) → (float NHWC images in [-1, 1] on every host,
+  labels, the sampler's info). `sample_options`: those of `sampling.sample` (method, guidance,
+  denoise_std, …)."""
+  from tarflow_flax.sampling import api  # pylint: disable=g-import-not-at-top
+  noise = global_batch(latents(seed, start, count, model.num_tokens, model.token_dim), batch,
+                       sharding.batch_sharding(mesh))
+  labels = class_labels(model.num_classes, start, count, classes)
+  # Labels stay replicated: small, and the model checks their range on the host.
+  y = None if labels is None else global_batch(labels, batch, sharding.replicated(mesh))
+  images, info = api.sample(model, noise, y, **sample_options)
+  info = {**info, "local_rows": local_rows(images)}
+  # Gather to every host (rows may live on devices of other processes).
+  images = jax.jit(lambda x: x, out_shardings=sharding.replicated(mesh))(images)
+  return np.asarray(jax.device_get(images))[:count], labels, info

@@ -222,15 +222,16 @@ _PREPARE_IN_A_PROCESS = textwrap.dedent("""
     from tarflow_flax import config_lib
     from tarflow_flax.input_pipeline import builders, sources
 
-    port, process_id, data_dir = sys.argv[1:]
+    port, process_id, data_dir, folder = sys.argv[1:]
     jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=int(process_id))
-    generate = builders.MnistEmbedded._split_generators
+    generate = builders.ImageFolder._split_generators
     def counted(self, dl_manager):  # Runs once per build of the dataset.
       print("BUILD", flush=True)
       return generate(self, dl_manager)
-    builders.MnistEmbedded._split_generators = counted
+    builders.ImageFolder._split_generators = counted
     config = config_lib.base_config()
-    config.data.name, config.data.data_dir = "mnist_embedded", data_dir
+    config.data.name, config.data.data_dir = "image_folder", data_dir
+    config.data.manual_dir = folder
     source, _ = sources.data_source(config.data, "train")
     print("READ", len(source), flush=True)
 """)
@@ -240,13 +241,15 @@ def test_two_processes_sharing_an_empty_data_dir_build_it_once(tmp_path):
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
+  _write_image_folder(tmp_path / "pets", [(16, 16), (16, 16)])
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
          "JAX_PLATFORMS": "cpu"}
   procs = [subprocess.Popen([sys.executable, "-c", _PREPARE_IN_A_PROCESS, str(port), str(i),
-                             str(tmp_path / "tfds")], cwd=REPO, env=env, text=True,
+                             str(tmp_path / "tfds"), str(tmp_path / "pets")], cwd=REPO, env=env,
+                            text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in range(2)]
   outputs = [p.communicate(timeout=240)[0] for p in procs]
   for p, out in zip(procs, outputs):
     assert p.returncode == 0, out[-3000:]
-    assert "READ 4500" in out.splitlines(), out[-3000:]
+    assert "READ 6" in out.splitlines(), out[-3000:]
   assert [out.splitlines().count("BUILD") for out in outputs] == [1, 0]

@@ -234,10 +234,15 @@ _PREPARE_IN_A_PROCESS = textwrap.dedent("""
     config.data.manual_dir = folder
     source, _ = sources.data_source(config.data, "train")
     print("READ", len(source), flush=True)
+    config.data.name, config.data.manual_dir = "downsampled_imagenet", data_dir + "/nothing"
+    try:  # Process 0 fails to build; the others must hear why instead of waiting.
+      sources.data_source(config.data, "train")
+    except (ValueError, FileNotFoundError) as e:
+      print("ERROR", type(e).__name__, str(e), flush=True)
 """)
 
 
-def test_two_processes_sharing_an_empty_data_dir_build_it_once(tmp_path):
+def test_two_processes_sharing_an_empty_data_dir_build_once_and_share_failures(tmp_path):
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
@@ -253,3 +258,8 @@ def test_two_processes_sharing_an_empty_data_dir_build_it_once(tmp_path):
     assert p.returncode == 0, out[-3000:]
     assert "READ 6" in out.splitlines(), out[-3000:]
   assert [out.splitlines().count("BUILD") for out in outputs] == [1, 0]
+  errors = [[l for l in out.splitlines() if l.startswith("ERROR")] for out in outputs]
+  assert errors[0][0].startswith("ERROR FileNotFoundError downsampled_imagenet is not prepared")
+  assert errors[1][0].startswith("ERROR DataError process 0 could not prepare "
+                                 "downsampled_imagenet: FileNotFoundError: downsampled_imagenet "
+                                 "is not prepared"), errors

@@ -13,7 +13,7 @@ Nothing is downloaded: a dataset that is not prepared in data_dir is built from 
 (ArrayRecord), and a missing file gives one error naming what to put where. In a multi-process job
 process 0 builds and the others wait for its result (the distributed runtime's key-value store),
 then read; a process whose data_dir is not shared with process 0 builds its own copy afterwards.
-data_dir and manual_dir may be gs:// paths.
+User paths go through etils.epath (manual_dir may be gs://).
 """
 
 from __future__ import annotations
@@ -97,11 +97,14 @@ def _build(builder, data_config) -> None:
     raise DataError(f"could not build {data_config.name}: {type(e).__name__}: {str(e)[:300]}") \
         from e
   except Exception as e:
-    what = (f"from manual_dir={manual_dir!r} (expected {_MANUAL_FILES[data_config.name]})"
-            if data_config.name in _MANUAL_FILES else
-            "by download (offline? prepare it elsewhere with `tfds build "
-            f"{_TFDS_NAMES.get(data_config.name, data_config.name)} --file_format=array_record` "
-            "and point config.data.data_dir at the copy)")
+    if data_config.name in _MANUAL_FILES:
+      what = f"from manual_dir={manual_dir!r} (expected {_MANUAL_FILES[data_config.name]})"
+    elif data_config.name in _PROJECT_BUILDERS:
+      what = f"into {builder.data_path}"
+    else:
+      what = ("by download (offline? prepare it elsewhere with `tfds build "
+              f"{_TFDS_NAMES[data_config.name]} --file_format=array_record` and point "
+              "config.data.data_dir at the copy)")
     raise DataError(f"could not build {data_config.name} {what}: "
                     f"{type(e).__name__}: {str(e)[:300]}") from e
 

@@ -3,7 +3,8 @@
 #   --dry-run            print the commands instead of running them
 #   --project=P --zone=Z --tpu=NAME --accelerator=TYPE --runtime=VERSION
 #   --config=configs/X.py[:preset] --workdir=gs://BUCKET/DIR
-# and the same settings from the environment (TPU_PROJECT, TPU_ZONE, TPU_NAME, ...).
+# and the same settings from the environment (TPU_PROJECT, TPU_ZONE, TPU_NAME, ...; also
+# TARFLOW_PYTHON_VERSION and TARFLOW_DIST_FLAGS).
 # Variables set here are read by the scripts that source this file.
 # shellcheck disable=SC2034
 set -euo pipefail
@@ -17,6 +18,14 @@ RUNTIME="${TPU_RUNTIME:-tpu-ubuntu2204-base}"
 CONFIG="${TARFLOW_CONFIG:-configs/imagenet64.py}"
 WORKDIR="${TARFLOW_WORKDIR:-gs://my-bucket/tarflow/imagenet64}"
 EXTRA_ARGS=()
+# The TPU VM images ship Python 3.10; the package needs >= 3.11, so the install script puts a
+# uv-managed interpreter and a virtual environment on every worker, and every job runs with it.
+PYTHON_VERSION="${TARFLOW_PYTHON_VERSION:-3.11}"
+UV_VERSION="0.13.9"
+VENV="\$HOME/tarflow_venv"  # Expanded by the worker's shell.
+# Flags of every job. --distributed=true: jax.distributed discovers the slice's workers itself,
+# and a failed discovery stops the job instead of starting one single-host job per worker.
+DIST_FLAGS="${TARFLOW_DIST_FLAGS:---distributed=true}"
 
 parse_common_flags() {
   for arg in "$@"; do
@@ -42,6 +51,18 @@ run() {
   if [[ "$DRY_RUN" != 1 ]]; then
     "$@"
   fi
+}
+
+# `python -m tarflow_flax.MODULE` for a worker (run it in ~/tarflow_flax): the venv's Python, the
+# distributed flags, --config/--workdir and the remaining arguments, shell-quoted.
+job_command() {
+  local module="$1" cmd arg
+  shift
+  cmd="$VENV/bin/python -m tarflow_flax.$module $DIST_FLAGS"
+  for arg in "--config=$CONFIG" "--workdir=$WORKDIR" "$@"; do
+    cmd+=" $(printf '%q' "$arg")"
+  done
+  printf '%s' "$cmd"
 }
 
 # Runs a shell command on every worker of the TPU slice.

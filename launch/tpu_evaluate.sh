@@ -4,9 +4,4 @@
 #       --metric=bpd --split=validation --num_dequant=4
 source "$(dirname "$0")/common.sh"
 parse_common_flags "$@"
-ARGS=""
-for arg in "${EXTRA_ARGS[@]+"${EXTRA_ARGS[@]}"}"; do
-  ARGS+=" $(printf '%q' "$arg")"
-done
-on_all_workers "cd ~/tarflow_flax && python3 -m tarflow_flax.evaluate --config=$CONFIG \
---workdir=$WORKDIR$ARGS"
+on_all_workers "cd ~/tarflow_flax && $(job_command evaluate "${EXTRA_ARGS[@]+"${EXTRA_ARGS[@]}"}")"

@@ -4,9 +4,5 @@
 #   launch/tpu_train.sh --config=configs/imagenet64.py:likelihood --workdir=gs://B/in64 [--config.x=y]
 source "$(dirname "$0")/common.sh"
 parse_common_flags "$@"
-OVERRIDES=""
-for arg in "${EXTRA_ARGS[@]+"${EXTRA_ARGS[@]}"}"; do
-  OVERRIDES+=" $(printf '%q' "$arg")"
-done
-on_all_workers "cd ~/tarflow_flax && nohup python3 -m tarflow_flax.main \
---config=$CONFIG --workdir=$WORKDIR$OVERRIDES > ~/train.log 2>&1 &"
+on_all_workers "cd ~/tarflow_flax && nohup $(job_command main "${EXTRA_ARGS[@]+"${EXTRA_ARGS[@]}"}") \
+> ~/train.log 2>&1 &"

@@ -39,7 +39,9 @@ def make_mesh(mesh_config, devices=None) -> jax.sharding.Mesh:
   fixed = int(np.prod([v for v in sizes.values() if v != -1]))
   if free:
     if len(devices) % fixed:
-      raise ValueError(f"config.mesh: {len(devices)} devices are not divisible by {fixed}")
+      given = " × ".join(f"{k}={v}" for k, v in sizes.items() if v != -1)
+      raise ValueError(f"config.mesh: {given} needs a multiple of {fixed} devices, not "
+                       f"{len(devices)}")
     sizes[free[0]] = len(devices) // fixed
   if sizes["data"] * sizes["fsdp"] != len(devices):
     raise ValueError(f"config.mesh: data={sizes['data']} × fsdp={sizes['fsdp']} must equal the "

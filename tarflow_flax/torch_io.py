@@ -14,8 +14,10 @@ import io
 import pickle
 import struct
 import zipfile
+import zlib
 
 import numpy as np
+from etils import epath
 
 # torch storage class name -> numpy dtype. BFloat16 is widened through ml_dtypes.
 _STORAGE_DTYPES = {
@@ -32,8 +34,17 @@ _STORAGE_DTYPES = {
 }
 
 
-class UnsafePickleError(pickle.UnpicklingError):
+class PthError(ValueError):
+  """A `.pth` file that is not a readable tensor state_dict; the message names the file."""
+
+
+class UnsafePickleError(PthError, pickle.UnpicklingError):
   """The pickle names a global that a tensor state_dict never needs."""
+
+
+# What a truncated or damaged file raises from zipfile, zlib, pickle and numpy.
+_DAMAGE = (zipfile.BadZipFile, zlib.error, EOFError, KeyError, struct.error,
+           pickle.UnpicklingError, ValueError, IndexError, TypeError, OverflowError)
 
 
 class _StorageType:
@@ -52,6 +63,13 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=Fals
   """Builds the numpy view torch's `_rebuild_tensor_v2` would build (a copy, C-contiguous)."""
   del requires_grad, backward_hooks, metadata
   itemsize = storage.itemsize
+  # as_strided does not check bounds: a damaged or crafted file must not read past the storage.
+  if storage_offset < 0 or any(d < 0 for d in size) or any(s < 0 for s in stride):
+    raise ValueError(f"tensor with negative offset/size/stride {storage_offset}/{size}/{stride}")
+  last = storage_offset + sum((d - 1) * s for d, s in zip(size, stride)) if all(size) else -1
+  if last >= len(storage) or (not size and storage_offset >= len(storage)):
+    raise ValueError(f"tensor of size {tuple(size)} (offset {storage_offset}, strides "
+                     f"{tuple(stride)}) reaches past its storage of {len(storage)} elements")
   if not size:
     return np.array(storage[storage_offset])
   view = np.lib.stride_tricks.as_strided(
@@ -105,34 +123,51 @@ class _StateDictUnpickler(pickle.Unpickler):
     return self._storages[key]
 
 
-def load_torch_state_dict(path: str) -> dict[str, np.ndarray]:
-  """Reads a `torch.save`d state_dict into {key: np.ndarray}, never executing pickled code.
+def load_torch_state_dict(path) -> dict[str, np.ndarray]:
+  """Reads a `torch.save`d state_dict (local or gs:// path) into {key: np.ndarray}, never
+  executing pickled code.
 
-  Raises UnsafePickleError for any global other than tensors/storages/OrderedDict, and ValueError
-  when the file is not a zip-format torch file or does not hold a flat dict of tensors.
+  Raises UnsafePickleError for any global other than tensors/storages/OrderedDict, and PthError
+  (a ValueError) when the file is not a zip-format torch file, is truncated or damaged, or does
+  not hold a flat dict of tensors; FileNotFoundError when it does not exist.
   """
   try:
-    archive = zipfile.ZipFile(path)
+    with epath.Path(path).open("rb") as f:  # Members are read lazily: the file is not copied.
+      obj = _read_archive(f, path)
+  except UnsafePickleError as e:
+    raise UnsafePickleError(f"{path}: {e}") from e
+  except PthError:
+    raise
+  except _DAMAGE as e:
+    raise PthError(f"{path}: truncated or damaged PyTorch file ({type(e).__name__}: "
+                   f"{str(e).splitlines()[0] if str(e) else ''})") from e
+  if not isinstance(obj, dict):
+    raise PthError(f"{path}: holds a {type(obj).__name__}, not a state_dict")
+  bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, np.ndarray)]
+  if bad:
+    raise PthError(f"{path}: not a flat state_dict of tensors (entry {bad[0]!r} is "
+                   f"{type(obj[bad[0]]).__name__})")
+  return dict(obj)
+
+
+def _read_archive(file, path):
+  """The unpickled object of the torch zip archive in the open binary `file`."""
+  try:
+    archive = zipfile.ZipFile(file)
   except zipfile.BadZipFile as e:
-    raise ValueError(f"{path}: not a zip-format PyTorch file (torch.save of torch >= 1.6)") from e
+    raise PthError(f"{path}: not a zip-format PyTorch file (torch.save of torch >= 1.6), or "
+                   "truncated") from e
   with archive:
     pickles = [n for n in archive.namelist() if n.endswith("data.pkl")]
     if len(pickles) != 1:
-      raise ValueError(f"{path}: expected one data.pkl in the archive, found {len(pickles)}")
+      raise PthError(f"{path}: expected one data.pkl in the archive, found {len(pickles)}")
     prefix = pickles[0][: -len("data.pkl")]
     byteorder = "little"
     if f"{prefix}byteorder" in archive.namelist():
       byteorder = archive.read(f"{prefix}byteorder").decode().strip()
     unpickler = _StateDictUnpickler(io.BytesIO(archive.read(pickles[0])), archive, prefix,
                                     byteorder)
-    obj = unpickler.load()
-  if not isinstance(obj, dict):
-    raise ValueError(f"{path}: holds a {type(obj).__name__}, not a state_dict")
-  bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, np.ndarray)]
-  if bad:
-    raise ValueError(f"{path}: not a flat state_dict of tensors (entry {bad[0]!r} is "
-                     f"{type(obj[bad[0]]).__name__})")
-  return dict(obj)
+    return unpickler.load()
 
 
 # ---------------------------------------------------------------------------------------------

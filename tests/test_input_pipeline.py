@@ -1,12 +1,16 @@
 """Input pipeline: datasets built offline, disjoint per-process shares, determinism, exact resume."""
 
 import os
+import socket
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from conftest import tiny_config
+from conftest import REPO, tiny_config
 from tarflow_flax import input_pipeline as ip
 from tarflow_flax.input_pipeline import preprocessing
 
@@ -151,7 +155,7 @@ def test_missing_manual_dir_and_wrong_channels_are_clear_errors(tmp_path):
   (tmp_path / "broken" / "cat" / "0.png").write_bytes(b"not a png")
   config = tiny_config(**{"data.name": "image_folder", "data.manual_dir": str(tmp_path / "broken"),
                           "model.in_channels": 3})
-  with pytest.raises(RuntimeError, match=r"cannot decode .*0.png"):
+  with pytest.raises(ValueError, match=r"cannot decode .*0.png"):
     ip.create_train_iterator(config)
   config = tiny_config(**{"batch_size": 7})
   with pytest.raises(ValueError, match="divisible by the 2 processes"):
@@ -173,3 +177,89 @@ def test_tfds_datasets_through_mock_data(name, size, channels, classes, tmp_path
     assert batch["image"].shape == (8, size, size, channels)
     evaluated = sum(int(b["mask"].sum()) for b in ip.create_eval_iterator(config))
   assert evaluated == 20
+
+
+def test_changed_image_folder_is_built_again_and_empty_folder_is_one_line(tmp_path):
+  _write_image_folder(tmp_path / "pets", [(16, 16), (16, 16)])
+  config = tiny_config(**{"data.name": "image_folder", "data.manual_dir": str(tmp_path / "pets"),
+                          "data.data_dir": str(tmp_path / "tfds")})
+  source, info = ip.data_source(config.data, "train")
+  assert len(source) == 6 and info.features["label"].names == ["cat", "dog"]
+  from PIL import Image
+  (tmp_path / "pets" / "fox").mkdir()
+  Image.new("RGB", (16, 16)).save(tmp_path / "pets" / "fox" / "0.png")
+  source, info = ip.data_source(config.data, "train")
+  assert len(source) == 7 and info.features["label"].names == ["cat", "dog", "fox"]
+  assert len(list((tmp_path / "tfds").iterdir())) == 2  # One build per folder content.
+  (tmp_path / "empty").mkdir()
+  config.data.manual_dir = str(tmp_path / "empty")
+  with pytest.raises(FileNotFoundError, match=r"^image_folder: no class subfolders in .*empty"):
+    ip.data_source(config.data, "train")
+  (tmp_path / "empty" / "cat").mkdir()
+  with pytest.raises(FileNotFoundError, match=r"^image_folder: no images \(.*\) under .*empty$"):
+    ip.data_source(config.data, "train")
+
+
+def test_split_check_needs_no_build(tmp_path):
+  config = tiny_config(**{"data.data_dir": str(tmp_path / "tfds")})
+  ip.check_split(config.data, "test[:50%]")
+  with pytest.raises(ValueError, match=r"mnist_embedded has no split 'validation'; it has "
+                                       r"\['test', 'train'\]"):
+    ip.check_split(config.data, "validation")
+  assert not (tmp_path / "tfds").exists()  # Answered without preparing anything.
+  _write_image_folder(tmp_path / "pets", [(16, 16), (16, 16)])
+  config = tiny_config(**{"data.name": "image_folder", "data.manual_dir": str(tmp_path / "pets")})
+  with pytest.raises(ValueError, match=r"image_folder has no split 'test'; it has \['train'\]"):
+    ip.check_split(config.data, "test")
+  ip.data_source(config.data, "train")
+  with pytest.raises(ValueError, match="no split 'test'"):  # Now from the prepared info.
+    ip.check_split(config.data, "test")
+
+
+_PREPARE_IN_A_PROCESS = textwrap.dedent("""
+    import sys
+    import jax
+    from tarflow_flax import config_lib
+    from tarflow_flax.input_pipeline import builders, sources
+
+    port, process_id, data_dir, folder = sys.argv[1:]
+    jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=int(process_id))
+    generate = builders.ImageFolder._split_generators
+    def counted(self, dl_manager):  # Runs once per build of the dataset.
+      print("BUILD", flush=True)
+      return generate(self, dl_manager)
+    builders.ImageFolder._split_generators = counted
+    config = config_lib.base_config()
+    config.data.name, config.data.data_dir = "image_folder", data_dir
+    config.data.manual_dir = folder
+    source, _ = sources.data_source(config.data, "train")
+    print("READ", len(source), flush=True)
+    config.data.name, config.data.manual_dir = "downsampled_imagenet", data_dir + "/nothing"
+    try:  # Process 0 fails to build; the others must hear why instead of waiting.
+      sources.data_source(config.data, "train")
+    except (ValueError, FileNotFoundError) as e:
+      print("ERROR", type(e).__name__, str(e), flush=True)
+""")
+
+
+def test_two_processes_sharing_an_empty_data_dir_build_once_and_share_failures(tmp_path):
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  _write_image_folder(tmp_path / "pets", [(16, 16), (16, 16)])
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+         "JAX_PLATFORMS": "cpu"}
+  procs = [subprocess.Popen([sys.executable, "-c", _PREPARE_IN_A_PROCESS, str(port), str(i),
+                             str(tmp_path / "tfds"), str(tmp_path / "pets")], cwd=REPO, env=env,
+                            text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in range(2)]
+  outputs = [p.communicate(timeout=240)[0] for p in procs]
+  for p, out in zip(procs, outputs):
+    assert p.returncode == 0, out[-3000:]
+    assert "READ 6" in out.splitlines(), out[-3000:]
+  assert [out.splitlines().count("BUILD") for out in outputs] == [1, 0]
+  errors = [[l for l in out.splitlines() if l.startswith("ERROR")] for out in outputs]
+  assert errors[0][0].startswith("ERROR FileNotFoundError downsampled_imagenet is not prepared")
+  assert errors[1][0].startswith("ERROR DataError process 0 could not prepare "
+                                 "downsampled_imagenet: FileNotFoundError: downsampled_imagenet "
+                                 "is not prepared"), errors

@@ -2,6 +2,7 @@
 
 import glob
 import os
+import shlex
 import shutil
 import subprocess
 
@@ -12,10 +13,10 @@ from conftest import REPO
 SCRIPTS = sorted(glob.glob(os.path.join(REPO, "launch", "*.sh")))
 
 
-def _dry(script, *args):
+def _dry(script, *args, env=None):
   result = subprocess.run(["bash", os.path.join(REPO, "launch", script), "--dry-run", *args],
                           capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "PATH": "/usr/bin:/bin"})  # No gcloud needed.
+                          env={**os.environ, "PATH": "/usr/bin:/bin", **(env or {})})  # No gcloud.
   assert result.returncode == 0, result.stderr
   return result.stdout
 
@@ -31,14 +32,13 @@ def test_train_runs_on_all_workers_with_gs_workdir():
   out = _dry("tpu_train.sh", "--tpu=tf1", "--config=configs/imagenet64.py:likelihood",
              "--workdir=gs://bucket/in64", "--config.batch_size=512")
   assert "gcloud compute tpus tpu-vm ssh tf1" in out and "--worker=all" in out
-  assert "python3\\ -m\\ tarflow_flax.main" in out
+  assert "/bin/python\\ -m\\ tarflow_flax.main" in out
   assert "--config=configs/imagenet64.py:likelihood" in out and "gs://bucket/in64" in out
   assert "--config.batch_size=512" in out
 
 
 def test_install_sample_evaluate_tensorboard_gpu():
-  assert "tpu-vm scp --recurse" in _dry("tpu_install.sh") and "jax\\[tpu\\]" in _dry(
-      "tpu_install.sh")
+  assert "tpu-vm scp --recurse" in _dry("tpu_install.sh")
   out = _dry("tpu_sample.sh", "--workdir=gs://b/r", "--num_samples=100", "--outdir=gs://b/s")
   assert "tarflow_flax.sample" in out and "--num_samples=100" in out and "--worker=all" in out
   out = _dry("tpu_evaluate.sh", "--workdir=gs://b/r", "--metric=bpd")
@@ -47,6 +47,40 @@ def test_install_sample_evaluate_tensorboard_gpu():
   out = _dry("gpu_host.sh", "--workdir=/runs/x")
   assert "jax\\[cuda12\\]" in out and "tarflow_flax.main" in out
   assert "queued-resources delete" in _dry("tpu_delete.sh")
+
+
+def _worker_commands(out):
+  """The shell commands that `--dry-run` output sends to the workers (`--command=...`)."""
+  return [arg[len("--command="):] for line in out.splitlines() if line.startswith("+ ")
+          for arg in shlex.split(line[2:]) if arg.startswith("--command=")]
+
+
+def test_install_gives_every_worker_python_3_11_and_the_tpu_extra():
+  (install,) = _worker_commands(_dry("tpu_install.sh"))
+  steps = install.split(" && ")
+  assert steps[1] == "$HOME/.local/bin/uv python install 3.11"
+  assert steps[2] == "$HOME/.local/bin/uv venv --allow-existing --python 3.11 $HOME/tarflow_venv"
+  assert steps[4] == "$HOME/.local/bin/uv pip install -q --python $HOME/tarflow_venv/bin/python " \
+                     "-e '.[tpu]'"
+  (install,) = _worker_commands(_dry("tpu_install.sh", env={"TARFLOW_PYTHON_VERSION": "3.12"}))
+  assert "uv python install 3.12" in install and "python3 -m pip install" in install
+
+
+def test_every_job_runs_the_venv_python_with_the_same_distributed_flags():
+  flags = ["--config=configs/imagenet64.py", "--workdir=gs://b/r"]
+  jobs = {"main": _dry("tpu_train.sh", *flags, "--config.batch_size=8"),
+          "sample": _dry("tpu_sample.sh", *flags, "--outdir=gs://b/my samples"),
+          "evaluate": _dry("tpu_evaluate.sh", *flags, "--metric=bpd")}
+  for module, out in jobs.items():
+    (command,) = _worker_commands(out)
+    cd, job = command.split(" && ")
+    assert cd == "cd ~/tarflow_flax"
+    argv = shlex.split(job.removeprefix("nohup ").split(" > ")[0])
+    assert argv[:5] == ["$HOME/tarflow_venv/bin/python", "-m", f"tarflow_flax.{module}",
+                        "--distributed=true", *flags[:1]], argv
+    assert argv[5] == flags[1]
+  assert "'--outdir=gs://b/my samples'" in _worker_commands(jobs["sample"])[0] or \
+      "--outdir=gs://b/my\\ samples" in _worker_commands(jobs["sample"])[0]
 
 
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")

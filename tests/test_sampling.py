@@ -1,5 +1,7 @@
 """Parallel samplers equal the sequential inverse; iteration bounds; auto keeps its bound."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,6 +9,7 @@ import pytest
 
 from conftest import rel_err, tiny_model
 from tarflow_flax import sampling
+from tarflow_flax.sampling import strategy
 
 EXACT = 1e-4  # Stated bound for tight-tolerance parallel samplers vs sequential (relative).
 
@@ -75,7 +78,7 @@ def test_auto_stays_within_its_bound_and_saves_sweeps():
   noise = _noise(model, n=4)
   exact, _ = sampling.sample(model, noise)
   images, info = sampling.sample(model, noise, method="auto", tol=1e-5, max_deviation=1e-3,
-                                 candidate_segments=(1, 3, -1))
+                                 candidate_segments=(1, 3, -1), repeats=1)
   assert info["calibration"]["calibration_deviation"] <= 1e-3
   assert rel_err(images, exact) <= 1e-3
   blocks = info["calibration"]["blocks"]
@@ -137,12 +140,55 @@ def test_auto_within_bound_on_trained_model_with_defaults():
   bound = info["calibration"]["max_deviation"]
   assert info["calibration"]["calibration_deviation"] <= bound
   assert rel_err(images, exact) <= bound  # Also on the latents beyond the calibration batch.
-  # Parallel plans only (a CPU would otherwise pick the sequential one), with a loose tol: the
-  # budgets/tolerance fallback must still keep the bound.
+  # Parallel plans only (a CPU would otherwise pick the sequential one, and saturated ones would
+  # be replaced by it), with a loose tol: the budgets/tolerance fallback must still keep the bound.
   images, info = sampling.sample(model, noise, y, method="auto", tol=1e-3, max_deviation=1e-4,
-                                 candidate_segments=(1, 4), **kwargs)
+                                 candidate_segments=(1, 4), reject_saturated=False, **kwargs)
   assert all(b["segments"] in (1, 4) for b in info["calibration"]["blocks"])
   assert info["calibration"]["calibration_deviation"] <= 1e-4
   assert rel_err(images, exact) <= 1e-4
   _, info = sampling.sample(model, noise, y, method="gs_jacobi", **kwargs)  # Defaults only.
   assert all(k <= model.num_tokens - 1 for k in info["iterations"])
+
+
+def test_auto_calibration_is_json_and_reused_without_recalibrating(monkeypatch):
+  model = tiny_model(in_channels=1, img_size=8, patch_size=2, num_blocks=2, layers_per_block=1,
+                     scale=0.05)
+  noise = _noise(model, n=4)
+  images, info = sampling.sample(model, noise, method="auto", tol=1e-5,
+                                 candidate_segments=(1, 3), repeats=2)
+  stored = json.loads(json.dumps(info["calibration"]))  # As written to sampling.json.
+  assert strategy.plans_from_json(stored["plans"]) == tuple(info["plans"])
+  assert strategy.summary(stored).startswith("auto plan per block")
+
+  def fail(*args, **kwargs):
+    raise AssertionError("calibrated again")
+
+  monkeypatch.setattr(strategy, "calibrate", fail)
+  again, reused = sampling.sample(model, noise, method="auto", tol=0.5, calibration=stored)
+  np.testing.assert_array_equal(again, images)  # Same plans and the calibrated tol, not 0.5.
+  assert reused["segment_iterations"] == info["segment_iterations"]
+  _, direct = sampling.sample(model, noise, method="gs_jacobi", plans=stored["plans"], tol=1e-5)
+  assert direct["plans"] == info["plans"]
+
+
+def test_auto_rejects_plans_whose_sweeps_reach_the_segment_length():
+  model = tiny_model(in_channels=1, img_size=8, patch_size=2, num_blocks=1, layers_per_block=1,
+                     scale=0.3)
+  noise = _noise(model, n=4)
+  # tol = 0: every parallel segment runs all its sweeps, so both candidates are saturated and
+  # the sequential plan (one-token segments) is used instead.
+  _, info = sampling.sample(model, noise, method="auto", tol=0.0, candidate_segments=(1, 3),
+                            repeats=1)
+  for block in info["calibration"]["blocks"]:
+    assert block["segments"] == model.num_tokens - 1
+    assert [r["segments"] for r in block["rejected_saturated"]] == [1, 3]
+    for r in block["rejected_saturated"]:
+      assert any(s >= n for s, n in zip(r["sweeps"], r["lengths"]))
+
+
+def test_auto_timing_is_the_best_of_repeats(monkeypatch):
+  clock = iter([0.0, 5.0, 10.0, 11.0, 20.0, 23.0])  # Runs of 5 s, 1 s, 3 s.
+  monkeypatch.setattr(strategy.time, "perf_counter", lambda: next(clock))
+  seconds, counts = strategy._best_time(lambda: (None, jnp.array([2, 3])), repeats=3)
+  assert seconds == 1.0 and counts.tolist() == [2, 3]

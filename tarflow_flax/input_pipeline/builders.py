@@ -5,20 +5,26 @@
   C. Cortes, CC BY-SA 3.0), so a fresh install trains with no download. Split: train 4,500 /
   test 500 (the last 50 of each class).
 - `image_folder`: one subfolder per class under `manual_dir` (e.g. AFHQ's cat/dog/wild), images
-  stored as PNG (lossless) at their original size; resizing happens in preprocessing.
+  stored as PNG (lossless) at their original size; resizing happens in preprocessing. A build is
+  keyed by the folder's listing (names, sizes, mtimes), so a changed folder is built again.
 
 Both are written as ArrayRecord so that `tfds.data_source` gives random access for grain.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import os
 
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 
 ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+SPLITS = ("train", "test", "validation")
 
 
 class MnistEmbedded(tfds.core.GeneratorBasedBuilder):
@@ -51,34 +57,70 @@ class MnistEmbedded(tfds.core.GeneratorBasedBuilder):
       yield i, {"image": image[..., None], "label": int(label)}
 
 
+def _listdir(path: epath.Path) -> list[epath.Path]:
+  try:
+    return sorted(path.iterdir())
+  except OSError as e:
+    raise ValueError(f"image_folder: cannot read {path}: {e.strerror or e}") from e
+
+
+def scan_image_folder(folder: str | None) -> dict:
+  """{split: {class: [(file name, size, mtime), ...]}} of `folder`, validated.
+
+  Layout: folder/<class>/* (a single 'train' split) or folder/<split>/<class>/* with split in
+  train/test/validation. Errors (one line): FileNotFoundError for a missing or empty folder,
+  ValueError for an unreadable one or splits with different classes.
+  """
+  if not folder or not epath.Path(folder).is_dir():
+    raise FileNotFoundError(
+        f"image_folder: config.data.manual_dir={folder!r} is not a directory; give a folder with "
+        "one subfolder per class (or train/ and test/ folders of such subfolders)")
+  root = epath.Path(folder)
+  split_dirs = {s: root / s for s in SPLITS if (root / s).is_dir()} or {"train": root}
+  listing = {}
+  for split, split_dir in split_dirs.items():
+    classes = [d for d in _listdir(split_dir) if d.is_dir()]
+    if not classes:
+      raise FileNotFoundError(f"image_folder: no class subfolders in {split_dir}; put one "
+                              "subfolder of images per class there")
+    listing[split] = {}
+    for class_dir in classes:
+      files = [f for f in _listdir(class_dir) if f.name.lower().endswith(IMAGE_EXTENSIONS)]
+      # Size and mtime make the build key change when a file is replaced or edited.
+      listing[split][class_dir.name] = [(f.name, int(st.length), int(st.mtime))
+                                        for f, st in ((f, f.stat()) for f in files)]
+    if not any(listing[split].values()):
+      raise FileNotFoundError(f"image_folder: no images ({', '.join(IMAGE_EXTENSIONS)}) under "
+                              f"{split_dir}")
+  names = {split: sorted(classes) for split, classes in listing.items()}
+  if len({tuple(n) for n in names.values()}) > 1:
+    raise ValueError(f"image_folder: the splits of {folder} have different class folders: {names}")
+  return listing
+
+
+def fingerprint(listing: dict) -> str:
+  """A short hash of a folder's listing: the key of its prepared copy."""
+  return hashlib.sha1(json.dumps(listing, sort_keys=True).encode()).hexdigest()[:16]
+
+
 class ImageFolder(tfds.core.GeneratorBasedBuilder):
   """manual_dir/<split>/<class>/*.png|jpg (or manual_dir/<class>/* as a single 'train' split)."""
 
   VERSION = tfds.core.Version("1.0.0")
   MANUAL_DOWNLOAD_INSTRUCTIONS = "Put one subfolder per class (images inside) in manual_dir."
 
-  def __init__(self, *, folder: str | None, **kwargs):
-    # The class names come from the folder, so it is needed before preparation too.
-    self._folder = folder
+  def __init__(self, *, folder: str, listing: dict, **kwargs):
+    # The class names come from the folder, so they are needed before preparation too; the
+    # listing (from scan_image_folder) is exactly what the build key was computed from.
+    self._folder = epath.Path(folder)
+    self._listing = listing
     super().__init__(**kwargs)
 
-  def _class_dirs(self, root):
-    return sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
-
-  def _layout(self):
-    root = self._folder
-    if not root or not os.path.isdir(root):
-      raise FileNotFoundError(
-          f"image_folder: config.data.manual_dir={root!r} is not a directory; give a folder with "
-          "one subfolder per class (or train/ and test/ folders of such subfolders)")
-    splits = [s for s in ("train", "test", "validation") if os.path.isdir(os.path.join(root, s))]
-    if splits:
-      return {s: os.path.join(root, s) for s in splits}
-    return {"train": root}
+  def _split_root(self, split: str) -> epath.Path:
+    return self._folder / split if (self._folder / split).is_dir() else self._folder
 
   def _info(self):
-    layout = self._layout()
-    classes = self._class_dirs(next(iter(layout.values())))
+    classes = sorted(next(iter(self._listing.values())))
     return self.dataset_info_from_configs(
         features=tfds.features.FeaturesDict({
             "image": tfds.features.Image(shape=(None, None, 3), encoding_format="png"),
@@ -88,25 +130,16 @@ class ImageFolder(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     del dl_manager
-    return {split: self._generate_examples(path) for split, path in self._layout().items()}
+    return {split: self._generate_examples(split) for split in self._listing}
 
-  def _generate_examples(self, root):
+  def _generate_examples(self, split):
     from PIL import Image  # pylint: disable=g-import-not-at-top
-    classes = self._class_dirs(root)
-    if not classes:
-      raise FileNotFoundError(f"image_folder: no class subfolders in {root}")
-    count = 0
-    for label, name in enumerate(classes):
-      folder = os.path.join(root, name)
-      for fname in sorted(os.listdir(folder)):
-        if not fname.lower().endswith(IMAGE_EXTENSIONS):
-          continue
-        path = os.path.join(folder, fname)
+    root = self._split_root(split)
+    for label, (name, files) in enumerate(sorted(self._listing[split].items())):
+      for fname, _, _ in files:
+        path = root / name / fname
         try:
-          image = Image.open(path).convert("RGB")
+          image = Image.open(io.BytesIO(path.read_bytes())).convert("RGB")
         except Exception as e:
           raise ValueError(f"image_folder: cannot decode {path}: {e}") from e
-        count += 1
         yield f"{name}/{fname}", {"image": np.asarray(image), "label": label}
-    if not count:
-      raise FileNotFoundError(f"image_folder: no images ({', '.join(IMAGE_EXTENSIONS)}) under {root}")

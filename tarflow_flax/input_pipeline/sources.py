@@ -10,15 +10,20 @@
 | image_folder          | project builder                       | one subfolder per class              |
 
 Nothing is downloaded: a dataset that is not prepared in data_dir is built from manual_dir once
-(ArrayRecord), and a missing file gives one error naming what to put where.
+(ArrayRecord), and a missing file gives one error naming what to put where. In a multi-process job
+process 0 builds and the others wait for its result (the distributed runtime's key-value store),
+then read; a process whose data_dir is not shared with process 0 builds its own copy afterwards.
+User paths go through etils.epath (manual_dir may be gs://).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 
+import jax
 import tensorflow_datasets as tfds
+from absl import logging
+from etils import epath
 
 from tarflow_flax.input_pipeline import builders
 
@@ -35,22 +40,36 @@ _MANUAL_FILES = {
     "imagenet2012": "ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar",
     "imagenet_resized": "the Imagenet64 train/val npz archives",
 }
+# The splits each builder writes, to check a split name before anything is built.
+_SPLITS = {
+    "mnist_embedded": ("train", "test"),
+    "downsampled_imagenet": ("train", "validation"),
+    "imagenet2012": ("train", "validation", "test"),
+    "imagenet_resized": ("train", "validation"),
+    "cifar10": ("train", "test"),
+}
+# How long the other processes wait for process 0's build (an ImageNet build takes hours).
+BUILD_TIMEOUT_S = 24 * 3600
+
+
+class DataError(ValueError):
+  """A dataset that cannot be built or read; the message names the cause."""
 
 
 def default_data_dir() -> str:
   """TFDS's own default: $TFDS_DATA_DIR, else ~/tensorflow_datasets."""
-  return os.environ.get("TFDS_DATA_DIR") or os.path.join(os.path.expanduser("~"),
-                                                          "tensorflow_datasets")
+  return os.environ.get("TFDS_DATA_DIR") or os.fspath(
+      epath.Path("~/tensorflow_datasets").expanduser())
 
 
 def _builder(data_config):
-  data_dir = data_config.data_dir or default_data_dir()
+  data_dir = epath.Path(data_config.data_dir or default_data_dir())
   name = data_config.name
   if name == "image_folder":
-    # One prepared copy per source folder.
-    folder = os.path.abspath(data_config.manual_dir) if data_config.manual_dir else None
-    tag = hashlib.sha1(str(folder).encode()).hexdigest()[:10]
-    return builders.ImageFolder(folder=folder, data_dir=os.path.join(data_dir, f"folder_{tag}"),
+    # One prepared copy per folder content: a changed folder gets a new build.
+    listing = builders.scan_image_folder(data_config.manual_dir)
+    return builders.ImageFolder(folder=data_config.manual_dir, listing=listing,
+                                data_dir=data_dir / f"folder_{builders.fingerprint(listing)}",
                                 file_format="array_record")
   if name in _PROJECT_BUILDERS:
     return _PROJECT_BUILDERS[name](data_dir=data_dir, file_format="array_record")
@@ -60,30 +79,98 @@ def _builder(data_config):
   return tfds.builder(_TFDS_NAMES[name], data_dir=data_dir, file_format="array_record")
 
 
-def prepare(data_config) -> None:
-  """Builds the dataset into data_dir from the package or manual_dir if it is not there yet."""
-  builder = _builder(data_config)
-  if builder.is_prepared():
-    return
+def _build(builder, data_config) -> None:
+  """Builds `builder` into its data_dir (this process only)."""
   manual_dir = data_config.manual_dir
-  if data_config.name in _MANUAL_FILES and not (manual_dir and os.path.isdir(manual_dir)):
+  if data_config.name in _MANUAL_FILES and not (manual_dir and epath.Path(manual_dir).is_dir()):
     raise FileNotFoundError(
         f"{data_config.name} is not prepared in {data_config.data_dir or default_data_dir()} and "
         f"config.data.manual_dir={manual_dir!r} is not a directory: put "
         f"{_MANUAL_FILES[data_config.name]} in a folder and pass --config.data.manual_dir=FOLDER")
+  logging.info("Building %s into %s", data_config.name, builder.data_path)
   config = tfds.download.DownloadConfig(manual_dir=manual_dir, try_download_gcs=False)
   try:
     builder.download_and_prepare(download_config=config, file_format="array_record")
-  except FileNotFoundError:
-    raise
+  except (FileNotFoundError, ValueError) as e:
+    if str(e).startswith(f"{data_config.name}:"):  # Already names the dataset and the cause.
+      raise
+    raise DataError(f"could not build {data_config.name}: {type(e).__name__}: {str(e)[:300]}") \
+        from e
   except Exception as e:
-    what = (f"from manual_dir={manual_dir!r} (expected {_MANUAL_FILES[data_config.name]})"
-            if data_config.name in _MANUAL_FILES else
-            "by download (offline? prepare it elsewhere with `tfds build "
-            f"{_TFDS_NAMES.get(data_config.name, data_config.name)} --file_format=array_record` "
-            "and point config.data.data_dir at the copy)")
-    raise RuntimeError(f"could not build {data_config.name} {what}: "
-                       f"{type(e).__name__}: {str(e)[:300]}") from e
+    if data_config.name in _MANUAL_FILES:
+      what = f"from manual_dir={manual_dir!r} (expected {_MANUAL_FILES[data_config.name]})"
+    elif data_config.name in _PROJECT_BUILDERS:
+      what = f"into {builder.data_path}"
+    else:
+      what = ("by download (offline? prepare it elsewhere with `tfds build "
+              f"{_TFDS_NAMES[data_config.name]} --file_format=array_record` and point "
+              "config.data.data_dir at the copy)")
+    raise DataError(f"could not build {data_config.name} {what}: "
+                    f"{type(e).__name__}: {str(e)[:300]}") from e
+
+
+def _distributed_client():
+  """The jax.distributed runtime client (its key-value store), or None in a single process."""
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  return distributed.global_state.client if jax.process_count() > 1 else None
+
+
+def prepare(data_config) -> None:
+  """Builds the dataset into data_dir if it is not there yet; process 0 builds for the job.
+
+  In a multi-process job process 0 builds (or finds the dataset built) and publishes the outcome;
+  the other processes wait for it and then read. A process whose data_dir is not shared with
+  process 0 (e.g. a local disk per host) builds its own copy after that.
+  """
+  builder = _builder(data_config)
+  client = _distributed_client()
+  if client is None:
+    if not builder.is_prepared():
+      _build(builder, data_config)
+    return
+  # The same key on every process even when their copies of an image folder differ.
+  key = (f"tarflow_flax/data/{data_config.name}/{data_config.data_dir or default_data_dir()}/"
+         f"{data_config.manual_dir}")
+  if jax.process_index() == 0:
+    outcome = "ok"
+    try:
+      if not builder.is_prepared():
+        _build(builder, data_config)
+    except Exception as e:  # Tell the others before failing, so that they do not wait.
+      outcome = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+      raise
+    finally:
+      client.key_value_set(key, outcome, allow_overwrite=True)
+    return
+  outcome = client.blocking_key_value_get(key, BUILD_TIMEOUT_S * 1000)
+  if outcome != "ok":
+    raise DataError(f"process 0 could not prepare {data_config.name}: {outcome}")
+  if not _builder(data_config).is_prepared():
+    logging.info("%s: data_dir not shared with process 0; building a copy for this process",
+                 data_config.name)
+    _build(_builder(data_config), data_config)
+
+
+def _base_split(split: str) -> str:
+  return split.split("[")[0]  # 'train[:10%]' → 'train'.
+
+
+def check_split(data_config, split: str) -> None:
+  """Raises a one-line ValueError if the dataset has no split `split`; builds nothing.
+
+  Answered from the prepared dataset's info when it is there, else from the builder's known
+  splits (the folder layout for image_folder).
+  """
+  builder = _builder(data_config)
+  if builder.is_prepared():
+    known = list(builder.info.splits)
+  elif data_config.name == "image_folder":
+    known = list(builders.scan_image_folder(data_config.manual_dir))
+  else:
+    known = list(_SPLITS.get(data_config.name, ()))
+  if known and _base_split(split) not in known:  # Empty under tfds mock_data: nothing to check.
+    raise ValueError(f"{data_config.name} has no split {split!r}; it has {sorted(known)} "
+                     "(set --config.data.eval_split / train_split)")
 
 
 def data_source(data_config, split: str):
@@ -91,9 +178,9 @@ def data_source(data_config, split: str):
   prepare(data_config)
   builder = _builder(data_config)
   known = list(builder.info.splits)  # Empty when unknown (e.g. under tfds mock_data).
-  if known and split.split("[")[0] not in known:
+  if known and _base_split(split) not in known:
     raise ValueError(f"{data_config.name} has no split {split!r}; it has {sorted(known)}")
   source = builder.as_data_source(split=split)
   if len(source) == 0:
-    raise ValueError(f"{data_config.name} split {split!r} is empty")
+    raise DataError(f"{data_config.name} split {split!r} is empty")
   return source, builder.info

@@ -67,8 +67,10 @@ def sample(model, noise_tokens, y=None, *, method: str = "sequential", guidance:
 
   info: 'method', 'seconds', and for the parallel methods 'iterations' (total sweeps per block,
   sampling order), 'segment_iterations' (per segment) and 'plans'. method_options: 'num_segments',
-  'init' ('latent' | 'zeros'), 'clamp' for jacobi/gs_jacobi; 'plans' to pass explicit BlockPlans;
-  for auto, the options of `strategy.calibrate` (e.g. max_deviation, calibration_size).
+  'init' ('latent' | 'zeros'), 'clamp' for jacobi/gs_jacobi; 'plans' to pass explicit BlockPlans
+  (or their `strategy.plans_to_json` form); for auto, the options of `strategy.calibrate` (e.g.
+  max_deviation, calibration_size, repeats), or 'calibration': a stored info['calibration'] (JSON)
+  whose plans and tol are reused without calibrating again.
   denoise_std: apply the score-based denoising step with this noise level.
   """
   if method not in METHODS:
@@ -85,7 +87,13 @@ def sample(model, noise_tokens, y=None, *, method: str = "sequential", guidance:
     images = model.reverse(noise_tokens, y, **guidance_kwargs)
   else:
     plans = method_options.pop("plans", None)
-    if plans is None and method == "auto":
+    if plans and isinstance(plans[0], dict):  # Stored with strategy.plans_to_json.
+      plans = strategy.plans_from_json(plans)
+    calibration = method_options.pop("calibration", None)
+    if plans is None and method == "auto" and calibration is not None:  # A stored calibration.
+      plans, tol = strategy.plans_from_json(calibration["plans"]), calibration["tol"]
+      info["calibration"] = calibration
+    elif plans is None and method == "auto":
       plans, info["calibration"] = strategy.calibrate(model, noise_tokens, y, tol=tol,
                                                       **guidance_kwargs, **method_options)
       tol = info["calibration"]["tol"]

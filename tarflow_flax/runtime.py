@@ -49,8 +49,10 @@ class UserError(ValueError):
   """Bad input from the user (flags, paths, files): reported as one line."""
 
 
-# Errors that are the user's to fix: one line on stderr and exit status 1.
-_USER_ERRORS = (ValueError, FileNotFoundError, config_lib.ConfigError)
+# Errors that end a job with one line on stderr and exit status 1: the user's to fix (bad flags,
+# config, paths, files) or a diverged run (FloatingPointError: non-finite loss, whose message
+# says which checkpoint is intact).
+_USER_ERRORS = (ValueError, FileNotFoundError, config_lib.ConfigError, FloatingPointError)
 
 
 def user_errors() -> tuple[type[BaseException], ...]:

@@ -178,7 +178,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   batches = data_lib.prefetch_to_device(train_iter, mesh, config.data.prefetch)
   stop = _StopRequest()
   peak = flops.peak_tflops(jax.devices()[0].device_kind)
-  train_flops = flops.train_flops_per_image(config)
+  train_flops = flops.train_flops_per_image(config)  # Model FLOPs (MFU), whatever remat does.
+  hardware_flops = flops.hardware_train_flops_per_image(config)  # Incl. remat recompute (HFU).
 
   def save(step: int) -> None:
     nonlocal last_saved
@@ -210,7 +211,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         scalars.update({"perf/steps_per_sec": interval_steps / elapsed,
                         "perf/images_per_sec": images_per_sec})
         if peak:
-          scalars["perf/mfu"] = train_flops * images_per_sec / (peak * 1e12 * jax.device_count())
+          scalars["perf/mfu"] = flops.utilization(train_flops, images_per_sec, peak,
+                                                  jax.device_count())
+          scalars["perf/hfu"] = flops.utilization(hardware_flops, images_per_sec, peak,
+                                                  jax.device_count())
         writer.write_scalars(step, scalars)
         eta = (config.num_train_steps - step) * elapsed / interval_steps
         logging.info("step %d/%d  loss %.5f  bpd %.4f  %.1f img/s  %s left", step,

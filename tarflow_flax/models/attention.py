@@ -22,6 +22,7 @@ import numpy as np
 
 MASK_VALUE = -1e30  # finite: a fully masked row never occurs, and -inf would make NaN grads.
 SPLASH_BLOCK = 512  # Largest tile; smaller sequences use one tile.
+SPLASH_MIN_BLOCK = 128  # The TPU kernel's tiles are multiples of 128 tokens.
 
 
 def target_platform() -> str:
@@ -33,12 +34,19 @@ def target_platform() -> str:
   return jax.default_backend()
 
 
-def resolve(implementation: str, platform: str | None = None) -> str:
-  """The concrete implementation for 'auto' on `platform` (default: `target_platform()`)."""
+def splash_supports(num_tokens: int) -> bool:
+  return num_tokens % SPLASH_MIN_BLOCK == 0
+
+
+def resolve(implementation: str, num_tokens: int, platform: str | None = None) -> str:
+  """The concrete implementation for 'auto' on `platform` (default: `target_platform()`): splash
+  on TPU when the sequence tiles by 128 (XLA otherwise), cuDNN on GPU, XLA elsewhere."""
   if implementation != "auto":
     return implementation
   platform = platform or target_platform()
-  return {"tpu": "splash", "gpu": "cudnn", "cuda": "cudnn"}.get(platform, "xla")
+  if platform == "tpu":
+    return "splash" if splash_supports(num_tokens) else "xla"
+  return "cudnn" if platform in ("gpu", "cuda") else "xla"
 
 
 def matmul_precision(dtype):
@@ -78,7 +86,7 @@ def _cudnn(q, k, v):
 def _splash_kernel(heads: int, tokens: int, interpret: bool):
   # pylint: disable=g-import-not-at-top
   from jax.experimental.pallas.ops.tpu import splash_attention as splash
-  block = min(SPLASH_BLOCK, tokens)
+  block = SPLASH_BLOCK if tokens % SPLASH_BLOCK == 0 else SPLASH_MIN_BLOCK
   sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
                             block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
                             block_q_dq=block, block_kv_dq=block)
@@ -88,10 +96,10 @@ def _splash_kernel(heads: int, tokens: int, interpret: bool):
 
 
 def _splash(q, k, v):
-  n, t, h, _ = q.shape
-  if t % min(SPLASH_BLOCK, t):
-    raise ValueError(f"splash attention needs the token count ({t}) to be a multiple of "
-                     f"{SPLASH_BLOCK} or at most {SPLASH_BLOCK}")
+  _, t, h, _ = q.shape
+  if not splash_supports(t):
+    raise ValueError(f"splash attention needs a token count divisible by {SPLASH_MIN_BLOCK}, "
+                     f"got {t}; use model.attention='xla' or 'auto'")
   kernel = _splash_kernel(h, t, target_platform() != "tpu")
   heads_first = lambda a: a.transpose(0, 2, 1, 3)
   out = jax.vmap(kernel)(heads_first(q), heads_first(k), heads_first(v))
@@ -111,7 +119,7 @@ def _batch_sharded(fn, q, k, v):
 
 def causal_attention(q, k, v, implementation: str = "auto"):
   """Causal self-attention. q (pre-scaled), k, v: (N, T, H, D) → (N, T, H, D)."""
-  implementation = resolve(implementation)
+  implementation = resolve(implementation, q.shape[1])
   if implementation == "xla":
     return _xla(q, k, v)
   if implementation == "cudnn":

@@ -26,7 +26,8 @@ def test_param_count_matches_the_model(nvp):
 
 def _xla_forward_flops(c):
   # Unrolled layers: XLA's cost analysis counts a scan body once, not once per iteration.
-  model = models.TarFlow(**models.model_kwargs(c), scan_layers=False, rngs=nnx.Rngs(0))
+  c.model.scan_layers = False
+  model = models.TarFlow(**models.model_kwargs(c), rngs=nnx.Rngs(0))
   graphdef, state = nnx.split(model)
   fwd = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x)[0])
   x = jnp.zeros((1, c.image_size, c.image_size, c.model.in_channels))

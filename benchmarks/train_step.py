@@ -42,10 +42,11 @@ def main(argv):
   trainer, abstract = steps.make_trainer(config)
   shardings = steps.state_shardings(trainer, abstract, mesh)
   state = steps.init_train_state(trainer, mesh, shardings)
-  shape = (config.batch_size, config.image_size, config.image_size, config.model.in_channels)
+  shapes = steps.batch_shapes(config, config.batch_size)  # uint8 images, labels, indices.
   batch = jax.device_put(
-      {"image": jax.random.uniform(jax.random.key(0), shape, minval=-1, maxval=1),
-       "label": jnp.zeros((config.batch_size,), jnp.int32)}, sharding.batch_sharding(mesh))
+      {"image": jax.random.randint(jax.random.key(0), shapes["image"].shape, 0, 256, jnp.uint8),
+       "label": jnp.zeros(shapes["label"].shape, jnp.int32),
+       "index": jnp.arange(config.batch_size, dtype=jnp.uint32)}, sharding.batch_sharding(mesh))
 
   start = time.perf_counter()
   compiled = steps.compile_train_step(trainer, shardings, mesh).lower(state, batch).compile()

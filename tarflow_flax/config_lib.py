@@ -54,7 +54,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.noise_std = 0.05
   c.data.random_flip = False
   c.data.drop_label = 0.1         # Probability of replacing a label by -1 (conditional models).
-  c.data.num_workers = 0          # grain read threads per host (0 or 1: one).
+  c.data.num_workers = 0          # grain read threads per host (0: one per core, up to 16).
   c.data.prefetch = 2             # Device batches prepared ahead of the step.
 
   c.batch_size = 16               # Global batch over all hosts.

@@ -17,6 +17,7 @@ import optax
 from flax import nnx
 
 from tarflow_flax import losses, models, optim, sharding
+from tarflow_flax.input_pipeline import preprocessing
 from tarflow_flax.models.tarflow import PRIOR_LERP_WEIGHT
 
 
@@ -60,15 +61,18 @@ class Trainer:
     config = self.config
     params, rest = nnx.split_state(state.model, nnx.Param, ...)
     labels = batch["label"] if config.model.num_classes else None
+    images = preprocessing.noised_images(batch["image"], batch["index"], seed=config.seed,
+                                         noise_type=config.data.noise_type,
+                                         noise_std=config.data.noise_std)
     k = config.grad_accum_steps
     grad_fn = jax.value_and_grad(self._loss, has_aux=True)
     if k == 1:
-      (loss, terms), grads = grad_fn(params, rest, batch["image"], labels)
+      (loss, terms), grads = grad_fn(params, rest, images, labels)
     else:
       # Micro-batch j takes rows j, j+k, j+2k, ... : (B, ...) → (B/k, k, ...) keeps each device's
       # rows on that device (no collective-permute / all-gather of the images, unlike (k, B/k)).
       micro = jax.tree.map(lambda a: a.reshape((a.shape[0] // k, k) + a.shape[1:]),
-                           {"image": batch["image"], "label": labels})
+                           {"image": images, "label": labels})
 
       def micro_step(j, acc):
         mb = jax.tree.map(lambda a: sharding.constrain(
@@ -108,10 +112,12 @@ class Trainer:
 
 
 def batch_shapes(config, batch_size: int) -> dict:
-  """Shapes and dtypes of the global batch the train step takes (what the input pipeline feeds)."""
+  """Shapes and dtypes of the global batch the train step takes (what the input pipeline feeds:
+  uint8 images, labels, global example indices that key the on-device noise)."""
   image = (batch_size, config.image_size, config.image_size, config.model.in_channels)
-  return {"image": jax.ShapeDtypeStruct(image, jnp.float32),
-          "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
+  return {"image": jax.ShapeDtypeStruct(image, jnp.uint8),
+          "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32),
+          "index": jax.ShapeDtypeStruct((batch_size,), jnp.uint32)}
 
 
 def make_trainer(config) -> tuple[Trainer, Any]:

@@ -30,5 +30,10 @@ setuptools.setup(
     package_data={"tarflow_flax": ["input_pipeline/assets/*"]},
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": ["pytest==9.2.0", "pytest-xdist==3.8.0"]},
+    extras_require={
+        "test": ["pytest==9.2.0", "pytest-xdist==3.8.0"],
+        # libtpu: what a TPU VM needs, and what compile_check uses to compile for a TPU slice
+        # on any host.
+        "tpu": ["jax[tpu]==0.10.2"],
+    },
 )

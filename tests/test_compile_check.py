@@ -47,6 +47,15 @@ def test_bf16_fsdp_gathers_in_compute_dtype_and_accumulation_moves_no_images():
   assert compile_check.collectives(hlo)["collective-permute"]["count"] == 0
 
 
+def test_sampler_steps_compile_for_a_tpu_slice():
+  config = tiny_config(**{"image_size": 32})  # 64 tokens: GS-Jacobi sweeps of 7 tokens.
+  token, sweep = compile_check.check_sample(config, "v5e:2x2", batch=8)
+  assert (token["what"], token["tokens"]) == ("sequential_token_step", 1)
+  assert (sweep["what"], sweep["tokens"]) == ("gs_jacobi_sweep", 7)
+  assert token["fits"] and sweep["fits"] and token["mesh"] == {"data": 4, "fsdp": 1}
+  assert sweep["model_tflops_per_step"] == pytest.approx(7 * token["model_tflops_per_step"])
+
+
 def test_a_step_that_cannot_fit_exits_1_with_one_line():
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
   proc = subprocess.run(

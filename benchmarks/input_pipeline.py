@@ -3,8 +3,9 @@
   python benchmarks/input_pipeline.py [--batches=20] [--per_host_batch=128] [--json=F]
 
 Builds fake ImageNet-like image folders (PNG, 64x64 and 160x120 sources) once in a temporary
-directory, then times `create_train_iterator` (decode, resize/crop, flip, Gaussian noise, batch)
-for 64x64 (lossless, no resize) and 128x128 (resize + centre crop) training. A table and JSON.
+directory, then times `create_train_iterator` (decode, resize/crop, flip, uint8 batch; the noise
+is drawn on the device) for 64x64 (lossless, no resize) and 128x128 (resize + centre crop)
+training. A table and JSON.
 """
 
 import os

@@ -42,10 +42,11 @@ def main(argv):
   trainer, abstract = steps.make_trainer(config)
   shardings = steps.state_shardings(trainer, abstract, mesh)
   state = steps.init_train_state(trainer, mesh, shardings)
-  shape = (config.batch_size, config.image_size, config.image_size, config.model.in_channels)
+  shapes = steps.batch_shapes(config, config.batch_size)  # uint8 images, labels, indices.
   batch = jax.device_put(
-      {"image": jax.random.uniform(jax.random.key(0), shape, minval=-1, maxval=1),
-       "label": jnp.zeros((config.batch_size,), jnp.int32)}, sharding.batch_sharding(mesh))
+      {"image": jax.random.randint(jax.random.key(0), shapes["image"].shape, 0, 256, jnp.uint8),
+       "label": jnp.zeros(shapes["label"].shape, jnp.int32),
+       "index": jnp.arange(config.batch_size, dtype=jnp.uint32)}, sharding.batch_sharding(mesh))
 
   start = time.perf_counter()
   compiled = steps.compile_train_step(trainer, shardings, mesh).lower(state, batch).compile()
@@ -61,9 +62,13 @@ def main(argv):
   step_s = statistics.median(times)
   kind = jax.devices()[0].device_kind
   peak = _PEAK.value or flops.peak_tflops(kind)
-  per_image = flops.train_flops_per_image(config)
+  per_image = flops.train_flops_per_image(config)  # Model FLOPs (3× forward).
+  hardware_per_image = flops.hardware_train_flops_per_image(config)  # + remat's recompute.
   images_per_s = config.batch_size / step_s
-  mfu = per_image * images_per_s / (peak * 1e12 * jax.device_count()) if peak else None
+  mfu = hfu = None
+  if peak:
+    mfu = flops.utilization(per_image, images_per_s, peak, jax.device_count())
+    hfu = flops.utilization(hardware_per_image, images_per_s, peak, jax.device_count())
   result = {
       "device": kind, "devices": jax.device_count(), "params_M": flops.num_params(config) / 1e6,
       "image_size": config.image_size, "patch": config.model.patch_size,
@@ -71,7 +76,8 @@ def main(argv):
       "layers": str(config.model.layers_per_block), "dtype": config.model.dtype,
       "remat": config.model.remat, "batch": config.batch_size, "compile_s": compile_s,
       "step_s": step_s, "images_per_s": images_per_s, "train_gflops_per_image": per_image / 1e9,
-      "achieved_tflops": per_image * images_per_s / 1e12, "mfu": mfu,
+      "achieved_tflops": per_image * images_per_s / 1e12, "mfu": mfu, "hfu": hfu,
+      "attention": config.model.attention,
       "peak_memory_gib": peak_memory_gib(), "loss": float(metrics["loss"]),
   }
   width = max(map(len, result))

@@ -141,7 +141,8 @@ def model_from_pth(path: str, config) -> TarFlow:
   """Reads a `.pth` and builds the config's model from it (compute dtype from the config)."""
   from tarflow_flax.models import model_kwargs  # pylint: disable=g-import-not-at-top
   kwargs = model_kwargs(config)
-  kwargs.pop("remat")
+  for runtime_only in ("remat", "attention", "scan_layers"):  # Not part of the weights.
+    kwargs.pop(runtime_only)
   return model_from_torch_state_dict(load_torch_state_dict(path), **kwargs)
 
 

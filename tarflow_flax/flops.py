@@ -5,7 +5,8 @@ Per block with T tokens, width C, token size Cp and L layers (one multiply-add =
   per layer qkv 6·T·C² + attention output 2·T·C² + MLP 16·T·C²           = 24·T·C²
             QKᵀ and PV 2·(2·T²·C) halved by the causal mask              =  2·T²·C
   proj_out  2·T·C·Cp·(2 if NVP else 1)
-A training step costs 3× the forward (backward = 2× forward); remat adds one more forward.
+A training step costs 3× the forward (backward = 2× forward): the model FLOPs that MFU counts.
+Remat recomputes the forward once more in the backward pass: hardware FLOPs (HFU), 4× the forward.
 """
 
 from __future__ import annotations
@@ -47,8 +48,27 @@ def forward_flops_per_image(config) -> float:
 
 
 def train_flops_per_image(config) -> float:
-  """FLOPs of one training step per image: forward + backward (3×), + a forward under remat."""
+  """Model FLOPs of one training step per image: forward + backward = 3× forward (MFU)."""
+  return 3.0 * forward_flops_per_image(config)
+
+
+def hardware_train_flops_per_image(config) -> float:
+  """FLOPs the hardware executes per image: 3× forward, + a recomputed forward under remat (HFU)."""
   return (4.0 if config.model.remat else 3.0) * forward_flops_per_image(config)
+
+
+def utilization(flops_per_image: float, images_per_sec: float, peak_tflops_per_device: float,
+                num_devices: int) -> float:
+  """Achieved FLOP/s over the devices' peak: MFU with model FLOPs, HFU with hardware FLOPs."""
+  return flops_per_image * images_per_sec / (peak_tflops_per_device * 1e12 * num_devices)
+
+
+def block_step_flops(config, num_layers: int, num_new: int) -> float:
+  """Model FLOPs per image of one KV-cached block step feeding `num_new` tokens (sampling), with
+  attention over the whole cache (the masked part included: the step computes it)."""
+  tokens, token_dim, c, out_dim = _dims(config)
+  per_layer = 24 * num_new * c * c + 4 * num_new * tokens * c
+  return 2 * num_new * token_dim * c + 2 * num_new * c * out_dim + num_layers * per_layer
 
 
 def peak_tflops(device_kind: str) -> float | None:

@@ -66,6 +66,22 @@ def _spec_for(names, shape, mesh) -> P:
   return P(*spec)
 
 
+def logical_spec(names, shape, mesh=None) -> P:
+  """PartitionSpec of an array with logical axis `names` on `mesh` (default: the current abstract
+  mesh, e.g. inside a step traced by `steps.compile_train_step`); None names are replicated."""
+  mesh = jax.sharding.get_abstract_mesh() if mesh is None else mesh
+  return _spec_for(names, shape, mesh)
+
+
+def constrain(x, names):
+  """Activation sharding constraint by logical axis names; a no-op when no mesh is set."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return x
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, logical_spec(names, x.shape,
+                                                                              mesh)))
+
+
 def state_shardings(state, mesh):
   """NamedShardings for an nnx.State (or any pytree of Variables / arrays) on `mesh`."""
 

@@ -17,6 +17,7 @@ import optax
 from flax import nnx
 
 from tarflow_flax import losses, models, optim, sharding
+from tarflow_flax.input_pipeline import preprocessing
 from tarflow_flax.models.tarflow import PRIOR_LERP_WEIGHT
 
 
@@ -44,7 +45,7 @@ class Trainer:
                       opt_state=self.tx.init(params), ema=ema)
 
   def _loss(self, params, rest, images, labels):
-    model = nnx.merge(self.graphdef, params, rest)
+    model = nnx.merge(self.graphdef, compute_dtype_kernels(params, self.config.model.dtype), rest)
     z, logdets, aux = model(images, labels)
     loss = losses.nll_loss(z, logdets)
     terms = {
@@ -60,20 +61,31 @@ class Trainer:
     config = self.config
     params, rest = nnx.split_state(state.model, nnx.Param, ...)
     labels = batch["label"] if config.model.num_classes else None
+    images = preprocessing.noised_images(batch["image"], batch["index"], seed=config.seed,
+                                         noise_type=config.data.noise_type,
+                                         noise_std=config.data.noise_std)
     k = config.grad_accum_steps
-    micro = jax.tree.map(lambda a: a.reshape((k, a.shape[0] // k) + a.shape[1:]),
-                         {"image": batch["image"], "label": labels})
     grad_fn = jax.value_and_grad(self._loss, has_aux=True)
+    if k == 1:
+      (loss, terms), grads = grad_fn(params, rest, images, labels)
+    else:
+      # Micro-batch j takes rows j, j+k, j+2k, ... : (B, ...) → (B/k, k, ...) keeps each device's
+      # rows on that device (no collective-permute / all-gather of the images, unlike (k, B/k)).
+      micro = jax.tree.map(lambda a: a.reshape((a.shape[0] // k, k) + a.shape[1:]),
+                           {"image": images, "label": labels})
 
-    def micro_step(mb):
-      return grad_fn(params, rest, mb["image"], mb["label"])
+      def micro_step(j, acc):
+        mb = jax.tree.map(lambda a: sharding.constrain(
+            jax.lax.dynamic_index_in_dim(a, j, axis=1, keepdims=False),
+            ("batch",) + (None,) * (a.ndim - 2)), micro)
+        return jax.tree.map(jnp.add, acc, grad_fn(params, rest, mb["image"], mb["label"]))
 
-    # Sum over micro-batches (a scan keeps one micro-batch's activations live), then average.
-    totals = micro_step(jax.tree.map(lambda a: a[0], micro))
-    if k > 1:
-      totals, _ = jax.lax.scan(lambda acc, mb: (jax.tree.map(jnp.add, acc, micro_step(mb)), None),
-                               totals, jax.tree.map(lambda a: a[1:], micro))
-    (loss, terms), grads = jax.tree.map(lambda a: a / k, totals)
+      # Sum over micro-batches in a loop (one micro-batch's activations live), then average.
+      zeros = jax.tree.map(jnp.zeros_like,
+                           jax.eval_shape(grad_fn, params, rest, micro["image"][:, 0],
+                                          None if labels is None else micro["label"][:, 0]))
+      totals = jax.lax.fori_loop(0, k, micro_step, zeros)
+      (loss, terms), grads = jax.tree.map(lambda a: a / k, totals)
 
     updates, opt_state = self.tx.update(grads, state.opt_state, params)
     params = optax.apply_updates(params, updates)
@@ -97,6 +109,15 @@ class Trainer:
     }
     new_state = TrainState(step=state.step + 1, model=model_state, opt_state=opt_state, ema=ema)
     return new_state, metrics
+
+
+def batch_shapes(config, batch_size: int) -> dict:
+  """Shapes and dtypes of the global batch the train step takes (what the input pipeline feeds:
+  uint8 images, labels, global example indices that key the on-device noise)."""
+  image = (batch_size, config.image_size, config.image_size, config.model.in_channels)
+  return {"image": jax.ShapeDtypeStruct(image, jnp.uint8),
+          "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32),
+          "index": jax.ShapeDtypeStruct((batch_size,), jnp.uint32)}
 
 
 def make_trainer(config) -> tuple[Trainer, Any]:
@@ -127,8 +148,33 @@ def init_train_state(trainer: Trainer, mesh, shardings) -> TrainState:
   return jax.jit(init, out_shardings=shardings)()
 
 
+def compute_dtype_kernels(params, dtype):
+  """Linear kernels cast to the compute dtype on their own shards, so that FSDP all-gathers move
+  bf16, not float32 (the Linear would cast after the gather). The cast is what the Linear does
+  anyway: numerics are unchanged. Norms and embeddings stay float32."""
+  if jnp.dtype(dtype) == jnp.float32:
+    return params
+  def cast(path, p):
+    is_kernel = "kernel" in [getattr(k, "key", None) for k in path[-2:]]  # [..., kernel, value]
+    return p.astype(dtype) if is_kernel else p
+
+  return jax.tree.map_with_path(cast, params)
+
+
+def traced_on_mesh(fn, mesh):
+  """`fn` traced with `mesh` as the abstract mesh: logical sharding constraints and kernels that
+  need the mesh (splash attention under shard_map, `attention.target_platform`) see it."""
+
+  def wrapped(*args):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      return fn(*args)
+
+  return wrapped
+
+
 def compile_train_step(trainer: Trainer, shardings, mesh):
-  """The jitted step with explicit shardings; the old state's buffers are donated."""
-  batch = {"image": sharding.batch_sharding(mesh), "label": sharding.batch_sharding(mesh)}
-  return jax.jit(trainer.train_step, in_shardings=(shardings, batch),
+  """The jitted step with explicit shardings; the old state's buffers are donated. Every batch
+  entry is split over the data axes (a sharding prefix, whatever features the batch has)."""
+  return jax.jit(traced_on_mesh(trainer.train_step, mesh),
+                 in_shardings=(shardings, sharding.batch_sharding(mesh)),
                  out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=(0,))

@@ -192,7 +192,8 @@ def train_and_evaluate(config, workdir) -> dict[str, float]:
   batches = data_lib.prefetch_to_device(train_iter, mesh, config.data.prefetch)
   stop = runtime.StopSignal()
   peak = flops.peak_tflops(jax.devices()[0].device_kind)
-  train_flops = flops.train_flops_per_image(config)
+  train_flops = flops.train_flops_per_image(config)  # Model FLOPs (MFU), whatever remat does.
+  hardware_flops = flops.hardware_train_flops_per_image(config)  # Incl. remat recompute (HFU).
 
   def save(step: int) -> None:
     nonlocal last_saved
@@ -233,7 +234,10 @@ def train_and_evaluate(config, workdir) -> dict[str, float]:
           scalars.update({"perf/steps_per_sec": timed_steps / elapsed,
                           "perf/images_per_sec": images_per_sec})
           if peak:
-            scalars["perf/mfu"] = train_flops * images_per_sec / (peak * 1e12 * jax.device_count())
+            scalars["perf/mfu"] = flops.utilization(train_flops, images_per_sec, peak,
+                                                    jax.device_count())
+            scalars["perf/hfu"] = flops.utilization(hardware_flops, images_per_sec, peak,
+                                                    jax.device_count())
           eta = time.strftime("%H:%M:%S", time.gmtime(
               (config.num_train_steps - step) * elapsed / timed_steps))
         writer.write_scalars(step, scalars)

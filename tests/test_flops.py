@@ -26,7 +26,8 @@ def test_param_count_matches_the_model(nvp):
 
 def _xla_forward_flops(c):
   # Unrolled layers: XLA's cost analysis counts a scan body once, not once per iteration.
-  model = models.TarFlow(**models.model_kwargs(c), scan_layers=False, rngs=nnx.Rngs(0))
+  c.model.scan_layers = False
+  model = models.TarFlow(**models.model_kwargs(c), rngs=nnx.Rngs(0))
   graphdef, state = nnx.split(model)
   fwd = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x)[0])
   x = jnp.zeros((1, c.image_size, c.image_size, c.model.in_channels))
@@ -53,3 +54,25 @@ def test_peak_lookup():
   assert flops.peak_tflops("TPU v5 lite") == 197.0
   assert flops.peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
   assert flops.peak_tflops("cpu") is None
+
+
+def test_mfu_counts_model_flops_and_hfu_the_remat_recompute():
+  plain, remat = _config(), _config(remat=True)
+  forward = flops.forward_flops_per_image(plain)
+  # MFU's numerator is 3× forward whatever remat does; HFU adds remat's recomputed forward.
+  assert flops.train_flops_per_image(plain) == flops.train_flops_per_image(remat) == 3 * forward
+  assert flops.hardware_train_flops_per_image(plain) == 3 * forward
+  assert flops.hardware_train_flops_per_image(remat) == 4 * forward
+  # 100 images/s of 1 TFLOP each on 4 chips of 200 TFLOP/s peak: 12.5 %.
+  assert flops.utilization(1e12, 100.0, 200.0, 4) == pytest.approx(0.125)
+
+
+def test_block_step_flops_match_one_layer_by_hand():
+  c = _config()
+  tokens, c_width, token_dim = 64, 128, 12
+  one_token = flops.block_step_flops(c, num_layers=1, num_new=1)
+  by_hand = (2 * token_dim * c_width + 2 * c_width * 2 * token_dim + 24 * c_width**2 +
+             4 * tokens * c_width)
+  assert one_token == by_hand
+  assert flops.block_step_flops(c, 2, 8) == 8 * (2 * by_hand - 2 * token_dim * c_width -
+                                                 4 * token_dim * c_width)

@@ -24,13 +24,31 @@ def test_embedded_mnist_is_real_and_preprocessed():
   source, info = ip.data_source(config.data, "train")
   assert len(source) == 4500 and info.features["label"].num_classes == 10
   batch = next(ip.create_train_iterator(config))
-  assert batch["image"].shape == (8, 32, 32, 1) and batch["image"].dtype == np.float32
-  # σ = 0: pixels are exactly the digits padded to 32x32 on the 256-level grid in [-1, 1].
-  assert batch["image"].min() == -1.0 and batch["image"].max() <= 1.0
-  levels = (batch["image"] + 1) * 127.5
-  np.testing.assert_allclose(levels, np.round(levels), atol=1e-4)
-  assert np.all(batch["image"][:, :2] == -1.0)  # The padding.
+  # uint8 digits padded to 32x32 cross to the device; the noise is drawn there.
+  assert batch["image"].shape == (8, 32, 32, 1) and batch["image"].dtype == np.uint8
+  assert batch["image"].max() > 200 and np.all(batch["image"][:, :2] == 0)  # The padding.
   assert batch["label"].dtype == np.int32 and np.all(batch["label"] == 0)  # Unconditional.
+  assert batch["index"].dtype == np.uint32 and len(set(batch["index"].tolist())) == 8
+  # σ = 0: the device's images are the digits on the 256-level grid in [-1, 1].
+  x = np.asarray(preprocessing.noised_images(batch["image"], batch["index"], seed=0,
+                                             noise_type="gaussian", noise_std=0.0))
+  np.testing.assert_allclose(x, batch["image"] / 127.5 - 1.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("noise_type", ["gaussian", "uniform"])
+def test_device_noise_is_a_function_of_seed_and_example_index(noise_type):
+  images = np.full((3, 4, 4, 1), 128, np.uint8)
+  noised = lambda idx, seed=0: np.asarray(preprocessing.noised_images(
+      images, np.asarray(idx, np.uint32), seed=seed, noise_type=noise_type, noise_std=0.05))
+  a = noised([5, 6, 7])
+  # The same example index gets the same noise in any batch position; other indices differ.
+  np.testing.assert_array_equal(noised([7, 5, 9])[1], a[0])
+  np.testing.assert_array_equal(noised([7, 5, 9])[0], a[2])
+  assert not np.array_equal(a[0], a[1]) and not np.array_equal(noised([5, 6, 7], seed=1), a)
+  if noise_type == "uniform":  # Dequantization: inside the pixel's bin [128, 129)/256·2 − 1.
+    assert np.all((a >= 0.0) & (a < 2 / 256))
+  else:
+    assert 0.02 < np.std(a - (128 / 127.5 - 1)) < 0.08
 
 
 def test_same_seed_same_batches_other_seed_other_order():
@@ -73,8 +91,8 @@ def test_process_shares_are_disjoint_and_rebuild_the_global_batches():
     it = ip.create_train_iterator(config, process_index=p, process_count=4)
     seen += [img.tobytes() for b in _take(it, 9) for img in b["image"]]
   source, _ = ip.data_source(config.data, "train")
-  split = {preprocessing.to_unit_range(preprocessing.resize_and_crop(
-      np.asarray(source[i]["image"]), 16)).tobytes() for i in range(len(source))}
+  split = {preprocessing.resize_and_crop(np.asarray(source[i]["image"]), 16).tobytes()
+           for i in range(len(source))}
   assert len(seen) == 4500 and set(seen) == split
 
 
@@ -100,7 +118,9 @@ def test_uniform_dequantization_matches_the_reference_op_order():
                                 ((x.astype(np.float32) + u) / 256) * 2 - 1)
   config = tiny_config(**{"data.noise_type": "uniform"})
   batch = next(ip.create_train_iterator(config))
-  assert -1.0 <= batch["image"].min() and batch["image"].max() < 1.0
+  x = np.asarray(preprocessing.noised_images(batch["image"], batch["index"], seed=0,
+                                             noise_type="uniform", noise_std=0.0))
+  assert -1.0 <= x.min() and x.max() < 1.0
 
 
 def test_label_dropout_only_for_conditional_models():

@@ -84,8 +84,9 @@ def test_sharded_step_equals_unsharded():
   config = tiny_config(**{"model.nvp": False, "ema_decay": 0.9, "grad_accum_steps": 2})
   trainer, abstract = steps.make_trainer(config)
   rng = np.random.default_rng(0)
-  batches = [{"image": rng.uniform(-1, 1, (8, 16, 16, 1)).astype(np.float32),
-              "label": np.zeros((8,), np.int32)} for _ in range(3)]
+  batches = [{"image": rng.integers(0, 256, (8, 16, 16, 1), dtype=np.uint8),
+              "label": np.zeros((8,), np.int32),
+              "index": np.arange(8 * i, 8 * i + 8, dtype=np.uint32)} for i in range(3)]
   runs = []
   for data, fsdp in [(1, 1), (4, 2)]:
     config.mesh.data, config.mesh.fsdp = data, fsdp

@@ -11,6 +11,7 @@ The iterator state is grain's (a few bytes: the next index), saved with every ch
 from __future__ import annotations
 
 import collections
+import os
 import threading
 
 import grain
@@ -48,8 +49,9 @@ class _Rows:
 
 
 def create_train_iterator(config, *, process_index=None, process_count=None):
-  """Infinite iterator of this process's batches {'image': f32 NHWC in [-1, 1] (noised),
-  'label': int32}; supports get_state()/set_state()."""
+  """Infinite iterator of this process's batches {'image': uint8 NHWC, 'label': int32,
+  'index': uint32 global example index (the device draws the noise from it, see
+  preprocessing.noised_images)}; supports get_state()/set_state()."""
   process_index, process_count = _process(process_index, process_count)
   local_batch = _local_batch(config, process_count)
   source, info = sources.data_source(config.data, config.data.train_split)
@@ -60,13 +62,19 @@ def create_train_iterator(config, *, process_index=None, process_count=None):
   def read(i):
     position = rows.global_position(int(i))
     rng = np.random.default_rng([config.seed, _NOISE_SALT, position])
-    return prep.train_example(stream[position], rng)
+    return prep.train_example(stream[position], rng, position)
 
   local = grain.MapDataset.range(_ENDLESS)  # Never exhausted in practice.
   dataset = local.map(read).batch(local_batch, drop_remainder=True)
-  threads = max(config.data.num_workers, 1)
+  threads = config.data.num_workers or default_read_threads()
   options = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(2, threads))
   return iter(dataset.to_iter_dataset(read_options=options))
+
+
+def default_read_threads() -> int:
+  """grain read threads when config.data.num_workers is 0: the host's cores, up to 16 (decoding
+  and resizing release the GIL)."""
+  return max(1, min(16, os.cpu_count() or 1))
 
 
 def create_eval_iterator(config, *, split=None, process_index=None, process_count=None):

@@ -1,4 +1,6 @@
-"""Decode → resize/crop → [-1, 1] → noise (Gaussian or uniform dequantization) → label dropout.
+"""Decode → resize/crop → flip → label dropout on the host (uint8 images); on the device:
+[-1, 1] and noise (Gaussian or uniform dequantization), drawn from a key folded from
+(seed, global example index), so a batch is the same wherever and whenever it is computed.
 
 Resizing follows the reference loader (torchvision Resize(size) + CenterCrop(size) on PIL images):
 the shorter side is resized to `image_size` with antialiased bilinear filtering, then the centre is
@@ -8,7 +10,11 @@ with 2 black pixels per side to 32x32 first, the usual way to fit them to a powe
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+
+NOISE_SALT = 0x4E01  # Separates the on-device noise stream from the host's flip/label stream.
 
 
 def to_unit_range(x_uint8) -> np.ndarray:
@@ -71,16 +77,28 @@ class Preprocessor:
   def eval_example(self, example):
     return self._image(example), np.int32(example.get("label", 0))
 
-  def train_example(self, example, rng: np.random.Generator):
+  def train_example(self, example, rng: np.random.Generator, index: int):
+    """uint8 image (flipped at random), label (dropped at random), and the example's global
+    index (from which the device draws its noise)."""
     image = self._image(example)
     if self.data.random_flip and rng.random() < 0.5:
       image = image[:, ::-1]
-    if self.data.noise_type == "uniform":
-      x = dequantize(image, rng.random(image.shape, dtype=np.float32))
-    else:
-      noise = rng.standard_normal(image.shape, dtype=np.float32)
-      x = to_unit_range(image) + np.float32(self.data.noise_std) * noise
     label = np.int32(example.get("label", 0)) if self.conditional else np.int32(0)
     if self.conditional and rng.random() < self.data.drop_label:
       label = np.int32(-1)
-    return {"image": x.astype(np.float32), "label": label}
+    # uint32: the noise stream repeats after 2^32 examples (thousands of ImageNet epochs).
+    return {"image": np.ascontiguousarray(image), "label": label,
+            "index": np.uint32(index % 2**32)}
+
+
+def noised_images(images_uint8, indices, *, seed: int, noise_type: str, noise_std: float):
+  """On the device: uint8 (N, H, W, C) → float32 in [-1, 1] plus noise, example i's noise drawn
+  from fold_in(key(seed, NOISE_SALT), indices[i]). Traceable (used inside the train step)."""
+  base = jax.random.fold_in(jax.random.key(seed), NOISE_SALT)
+  keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(indices)
+  shape = images_uint8.shape[1:]
+  if noise_type == "uniform":
+    u = jax.vmap(lambda k: jax.random.uniform(k, shape, jnp.float32))(keys)
+    return dequantize(images_uint8, u)
+  noise = jax.vmap(lambda k: jax.random.normal(k, shape, jnp.float32))(keys)
+  return images_uint8.astype(jnp.float32) / 127.5 - 1.0 + jnp.float32(noise_std) * noise

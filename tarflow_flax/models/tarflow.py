@@ -16,7 +16,7 @@ import numpy as np
 from flax import nnx
 
 from tarflow_flax import config_lib
-from tarflow_flax.models import flow_block
+from tarflow_flax.models import flow_block, transformer
 
 PRIOR_LERP_WEIGHT = 0.1  # VP prior variance: var ← var + 0.1·(mean_batch(z²) − var).
 
@@ -31,11 +31,11 @@ class TarFlow(nnx.Module):
   def __init__(self, *, in_channels: int, img_size: int, patch_size: int, channels: int,
                num_blocks: int, layers_per_block, nvp: bool = True, num_classes: int = 0,
                dtype: str = "float32", remat: bool = False, scan_layers: bool = True,
-               rngs: nnx.Rngs):
+               attention: str = "auto", rngs: nnx.Rngs):
     spec = types.SimpleNamespace(
         in_channels=in_channels, patch_size=patch_size, channels=channels,
         num_blocks=num_blocks, layers_per_block=layers_per_block, nvp=nvp,
-        num_classes=num_classes, dtype=dtype)
+        num_classes=num_classes, dtype=dtype, attention=attention)
     config_lib.validate_model(spec, img_size)
     self.in_channels = in_channels
     self.img_size = img_size
@@ -55,6 +55,9 @@ class TarFlow(nnx.Module):
               dtype=jnp.dtype(dtype), remat=remat, scan_layers=scan_layers, rngs=rngs)
           for i, depth in enumerate(config_lib.block_depths(spec))
       ])
+    for _, module in nnx.iter_modules(self):  # The attention kernel is a static attribute.
+      if isinstance(module, transformer.Attention):
+        module.implementation = attention
 
   # -- layout ----------------------------------------------------------------------------------
 

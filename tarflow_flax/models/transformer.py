@@ -18,9 +18,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from tarflow_flax.config_lib import HEAD_DIM
+from tarflow_flax.models import attention as attention_lib
 
 LAYER_NORM_EPS = 1e-5
-_MASK_VALUE = -1e30  # finite: a fully masked row never occurs, and -inf would make NaN grads.
 
 
 def _torch_default_init(fan_in: int):
@@ -65,14 +65,6 @@ class KVCache(NamedTuple):
     return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
 
 
-def _temperature_scale(temperature, ndim: int):
-  """Logit scale 64^-0.5 / temperature, broadcastable over (N, heads, Tq, Tk)."""
-  temperature = jnp.asarray(temperature, jnp.float32)
-  if temperature.ndim == 1:  # One temperature per example.
-    temperature = temperature.reshape((-1,) + (1,) * (ndim - 1))
-  return HEAD_DIM**-0.5 / temperature
-
-
 class Attention(nnx.Module):
   """Multi-head self-attention with a pre-LayerNorm."""
 
@@ -82,6 +74,7 @@ class Attention(nnx.Module):
     self.norm = layer_norm(channels, rngs=rngs)
     self.qkv = linear(channels, 3 * channels, ("embed", "qkv"), dtype=dtype, rngs=rngs)
     self.proj = linear(channels, channels, ("heads", "embed"), dtype=dtype, rngs=rngs)
+    self.implementation = "auto"  # Set from config.model.attention by TarFlow.
 
   def _qkv(self, x):
     n, t, c = x.shape
@@ -90,20 +83,12 @@ class Attention(nnx.Module):
     qkv = self.qkv(h).reshape(n, t, 3, self.num_heads, HEAD_DIM)
     return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
 
-  def _attend(self, q, k, v, mask, temperature):
-    """q: (N, Tq, H, D); k, v: (N, Tk, H, D); mask broadcastable to (N, H, Tq, Tk)."""
-    logits = jnp.einsum("nqhd,nkhd->nhqk", q, k, preferred_element_type=jnp.float32)
-    logits = logits * _temperature_scale(temperature, logits.ndim)
-    probs = jax.nn.softmax(jnp.where(mask, logits, _MASK_VALUE), axis=-1)
-    out = jnp.einsum("nhqk,nkhd->nqhd", probs.astype(self.dtype), v)
-    return self.proj(out.reshape(out.shape[:2] + (-1,)))
-
   def __call__(self, x, temperature=1.0):
     """Causal attention over the whole sequence (training / density evaluation)."""
     q, k, v = self._qkv(x)
-    t = x.shape[1]
-    causal = jnp.tril(jnp.ones((t, t), jnp.bool_))
-    return self._attend(q, k, v, causal, temperature)
+    q = attention_lib.scaled_query(q, temperature, HEAD_DIM)
+    out = attention_lib.causal_attention(q, k, v, self.implementation)
+    return self.proj(out.reshape(out.shape[:2] + (-1,)))
 
   def step(self, x, cache: KVCache, layer: int | jax.Array, position: int | jax.Array,
            temperature=1.0):
@@ -120,12 +105,12 @@ class Attention(nnx.Module):
         jax.lax.dynamic_update_slice(cache.v, v[None].astype(cache.v.dtype), start))
     keys = jax.lax.dynamic_index_in_dim(cache.k, layer, 0, keepdims=False)
     values = jax.lax.dynamic_index_in_dim(cache.v, layer, 0, keepdims=False)
-    logits = jnp.einsum("nhqd,nhkd->nhqk", q, keys, preferred_element_type=jnp.float32)
-    logits = logits * _temperature_scale(temperature, logits.ndim)
+    q = attention_lib.scaled_query(q, temperature, HEAD_DIM)
     query_pos = position + jnp.arange(x.shape[1])
     visible = jnp.arange(keys.shape[2])[None, :] <= query_pos[:, None]
-    probs = jax.nn.softmax(jnp.where(visible, logits, _MASK_VALUE), axis=-1)
-    out = jnp.einsum("nhqk,nhkd->nqhd", probs.astype(self.dtype), values)
+    out = attention_lib.masked_softmax_attention(q, keys, values, visible,
+                                                 attention_lib.matmul_precision(self.dtype),
+                                                 heads_first=True)
     return self.proj(out.reshape(out.shape[:2] + (-1,))), cache
 
 

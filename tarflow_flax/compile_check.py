@@ -1,0 +1,307 @@
+"""Ahead-of-time compilation of the train step (or the sampler) for a TPU slice, on any host.
+
+  python -m tarflow_flax.compile_check --config=configs/imagenet64.py[:preset] --topology=v5p:2x2x2 \
+      [--batch=N] [--what=train|sample] [--config.model.scan_layers=False] [--config.key=value ...]
+
+Builds the trainer's own step (steps.compile_train_step: same functions, shardings and donation)
+over the devices of a TPU topology (libtpu compiles it; no TPU is needed) or `--topology=local`,
+lowers it with abstract sharded arguments (nothing is allocated) and reports memory per chip,
+model FLOPs, the collectives in the compiled HLO and, when layers are unrolled, the TPU cost
+model's step time and MFU. Prints a table and one JSON line; exits 1 with one line when the step
+does not fit in the chips' HBM. Needs the `tpu` extra (`pip install -e ".[tpu]"`) for TPU
+topologies.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from flax import nnx
+from ml_collections import config_flags
+
+from tarflow_flax import config_lib, flops, models, sharding, steps
+from tarflow_flax.models import attention, transformer
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:preset]).")
+_TOPOLOGY = flags.DEFINE_string("topology", "local",
+                                "TPU topology (v5p:2x2x2, v5e:4x4, v6e:8x8, ...) or 'local'.")
+_BATCH = flags.DEFINE_integer("batch", None, "Global batch (default: config.batch_size; for "
+                              "--what=sample: config.sample.num_images).")
+_WHAT = flags.DEFINE_enum("what", "train", ["train", "sample"],
+                          "train: the training step; sample: the sequential sampler's per-token "
+                          "step and one GS-Jacobi sweep.")
+
+# HBM per chip (GiB) by device kind prefix (longest prefix wins).
+HBM_GIB = {"TPU v4": 32.0, "TPU v5 lite": 16.0, "TPU v5": 95.0, "TPU v6 lite": 32.0}
+COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "collective-permute", "all-to-all")
+GS_JACOBI_SEGMENTS = 8  # The sampler's default (sampling.api.DEFAULT_GS_SEGMENTS).
+_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "bf16": 2, "f16": 2, "s32": 4,
+                "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8}
+
+
+class DoesNotFit(RuntimeError):
+  """The step needs more memory per chip than the chips have."""
+
+
+def topology_devices(name: str) -> list:
+  """The devices of a TPU topology (compiled for, never run on) or the local devices."""
+  if name == "local":
+    return jax.devices()
+  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+  # Only compiling here: do not fail when another process on the host holds libtpu's lock, and
+  # give libtpu a worker list so that it does not look for a TPU VM's metadata (and warn).
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+  os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+  try:
+    return list(topologies.get_topology_desc(platform="tpu", topology_name=name).devices)
+  except Exception as e:  # libtpu raises plain RuntimeErrors / XlaRuntimeErrors.
+    raise ValueError(f"--topology={name}: not a TPU topology libtpu knows "
+                     f"({str(e).splitlines()[0][:200]}); install the tpu extra") from e
+
+
+def hbm_gib(device) -> float | None:
+  """HBM per chip of `device`, or None when unknown (CPU)."""
+  if device.platform != "tpu":  # Local GPUs report their memory; CPUs do not.
+    stats = device.memory_stats() or {}
+    return stats["bytes_limit"] / 2**30 if "bytes_limit" in stats else None
+  for prefix, gib in sorted(HBM_GIB.items(), key=lambda kv: -len(kv[0])):
+    if device.device_kind.startswith(prefix):
+      return gib
+  return None
+
+
+def _sharded(tree, shardings):
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree,
+                      shardings)
+
+
+def _for_platform(config, devices):
+  """`model.attention='auto'` resolved for the target devices (the host may be a CPU)."""
+  config = config.copy_and_resolve_references()
+  tokens = (config.image_size // config.model.patch_size)**2
+  config.model.attention = attention.resolve(config.model.attention, tokens, devices[0].platform)
+  return config
+
+
+def lower_train_step(config, devices, batch: int):
+  """The trainer's jitted train step lowered for `devices` with abstract sharded arguments."""
+  config = _for_platform(config, devices)
+  config.batch_size = batch
+  mesh = sharding.make_mesh(config.mesh, devices)
+  dp = sharding.data_parallel_size(mesh)
+  if batch % (dp * config.grad_accum_steps):
+    raise ValueError(f"batch {batch} must be divisible by the data-parallel size {dp} × "
+                     f"grad_accum_steps {config.grad_accum_steps}")
+  trainer, abstract_model = steps.make_trainer(config)
+  shardings = steps.state_shardings(trainer, abstract_model, mesh)
+  state = _sharded(jax.eval_shape(trainer.init_state, abstract_model), shardings)
+  batch_args = _sharded(steps.batch_shapes(config, batch),
+                        jax.tree.map(lambda _: sharding.batch_sharding(mesh),
+                                     steps.batch_shapes(config, batch)))
+  jitted = steps.compile_train_step(trainer, shardings, mesh)
+  return jitted.lower(state, batch_args), mesh, config
+
+
+def lower_sampler_steps(config, devices, batch: int, segment: int):
+  """One block's KV-cached step over `segment` tokens (1: the sequential sampler's per-token step;
+  T/8: a GS-Jacobi sweep), for the block with the most layers, lowered for `devices`."""
+  config = _for_platform(config, devices)
+  mesh = sharding.make_mesh(config.mesh, devices)
+  if batch % sharding.data_parallel_size(mesh):
+    raise ValueError(f"batch {batch} must be divisible by the data-parallel size "
+                     f"{sharding.data_parallel_size(mesh)}")
+  model = nnx.eval_shape(lambda: models.build_model(config))
+  block = max(model.blocks, key=lambda b: b.num_layers)
+  graphdef, abstract_block = nnx.split(block)
+  block_state = _sharded(abstract_block, sharding.state_shardings(abstract_block, mesh))
+  data = sharding.batch_sharding(mesh)
+  cache_sharding = jax.sharding.NamedSharding(mesh,
+                                              jax.sharding.PartitionSpec(None, sharding.DATA_AXES))
+  t, c = model.num_tokens, config.model.channels
+  cache = transformer.KVCache.zeros(block.num_layers, batch, t, c, jnp.dtype(config.model.dtype))
+  cache = _sharded(jax.eval_shape(lambda: cache), transformer.KVCache(cache_sharding,
+                                                                      cache_sharding))
+  tokens = jax.ShapeDtypeStruct((batch, segment, model.token_dim), jnp.float32, sharding=data)
+
+  def token_step(state, x, cache, position):
+    b = nnx.merge(graphdef, state)
+    pos = jax.lax.dynamic_slice_in_dim(b.pos_embed[...], position, segment, axis=0)[None]
+    h = b.embed(x, pos, None)
+    h, cache = transformer.step_layer_stack(b.layers, h, cache, position)
+    return b.split_params(b.proj_out(h.astype(b.dtype))), cache
+
+  jitted = jax.jit(steps.traced_on_mesh(token_step, mesh),
+                   out_shardings=((data, data), transformer.KVCache(cache_sharding,
+                                                                    cache_sharding)),
+                   donate_argnums=(2,))
+  position = jax.ShapeDtypeStruct((), jnp.int32, sharding=sharding.replicated(mesh))
+  return jitted.lower(block_state, tokens, cache, position), mesh, config
+
+
+_COLLECTIVE_OP = re.compile(r"=\s*(\(.*?\)|\S+)\s+(%s)(-start)?\(" % "|".join(COLLECTIVES))
+
+
+def _collective_results(hlo_text: str):
+  """(op, [(dtype, elements), ...]) for each collective in HLO text (an async start's tuple holds
+  its input and output)."""
+  for line in hlo_text.splitlines():
+    match = _COLLECTIVE_OP.search(line)
+    if match:
+      shapes = re.findall(r"(\w+)\[([\d,]*)\]", match.group(1))
+      yield match.group(2), [(dt, int(np.prod([int(d) for d in dims.split(",") if d])))
+                             for dt, dims in shapes]
+
+
+def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
+  """{op: {'count', 'bytes'}} of the collectives in compiled HLO text (result bytes per device;
+  an op inside a loop body is counted once)."""
+  out = {op: {"count": 0, "bytes": 0} for op in COLLECTIVES}
+  for op, results in _collective_results(hlo_text):
+    out[op]["count"] += 1
+    out[op]["bytes"] += max((_DTYPE_BYTES.get(dt, 4) * n for dt, n in results), default=0)
+  return out
+
+
+def collective_sizes(hlo_text: str, op: str) -> dict[str, list[int]]:
+  """{dtype: [result elements, ...]} of one collective op: what dtype moves over the links."""
+  out = {}
+  for name, results in _collective_results(hlo_text):
+    if name == op and results:
+      dtype, elements = max(results, key=lambda r: r[1])
+      out.setdefault(dtype, []).append(elements)
+  return out
+
+
+def _cost(compiled) -> dict:
+  cost = compiled.cost_analysis()
+  return (cost[0] if isinstance(cost, list) else cost) or {}
+
+
+def report(compiled, *, topology: str, devices, mesh, batch: int, compile_s: float,
+           model_flops: float, scan_layers: bool) -> dict:
+  """The JSON-able summary of one compiled program."""
+  mem = compiled.memory_analysis()
+  peak_bytes = (mem.argument_size_in_bytes + mem.temp_size_in_bytes + mem.output_size_in_bytes -
+                mem.alias_size_in_bytes)
+  hbm = hbm_gib(devices[0])
+  peak_tflops = flops.peak_tflops(devices[0].device_kind)
+  cost = _cost(compiled)
+  step_s = cost.get("optimal_seconds")
+  result = {
+      "topology": topology, "device_kind": devices[0].device_kind, "devices": len(devices),
+      "mesh": dict(mesh.shape), "batch": batch,
+      "fits": hbm is None or peak_bytes / 2**30 <= hbm,
+      "hbm_per_chip_gib": hbm, "peak_memory_per_chip_gib": peak_bytes / 2**30,
+      "argument_gib": mem.argument_size_in_bytes / 2**30,
+      "temp_gib": mem.temp_size_in_bytes / 2**30, "compile_s": compile_s,
+      "model_tflops_per_step": model_flops / 1e12,
+      "cost_model_step_s": None, "cost_model_mfu": None,
+      "collectives": collectives(compiled.as_text()),
+  }
+  if scan_layers:
+    result["cost_model_note"] = ("layers are scanned: the cost model counts a layer once; rerun "
+                                 "with --config.model.scan_layers=False for step time and MFU")
+  elif step_s and step_s > 0:
+    result["cost_model_step_s"] = step_s
+    if peak_tflops:
+      result["cost_model_mfu"] = model_flops / len(devices) / (step_s * peak_tflops * 1e12)
+  return result
+
+
+def _compile(lowered):
+  start = time.perf_counter()
+  try:
+    compiled = lowered.compile()
+  except Exception as e:  # XLA reports HBM exhaustion at compile time on TPU.
+    text = str(e)
+    if "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower():
+      raise DoesNotFit(text.splitlines()[0][:300]) from e
+    raise
+  return compiled, time.perf_counter() - start
+
+
+def check_train(config, topology: str, batch: int | None = None) -> dict:
+  """Compiles the train step for `topology`; the report (raises DoesNotFit when it cannot fit)."""
+  config_lib.validate(config)
+  devices = topology_devices(topology)
+  batch = batch or config.batch_size
+  lowered, mesh, config = lower_train_step(config, devices, batch)
+  compiled, compile_s = _compile(lowered)
+  result = report(compiled, topology=topology, devices=devices, mesh=mesh, batch=batch,
+                  compile_s=compile_s, model_flops=batch * flops.train_flops_per_image(
+                      config), scan_layers=config.model.scan_layers)
+  result.update(what="train", attention=config.model.attention, remat=config.model.remat,
+                dtype=config.model.dtype, grad_accum_steps=config.grad_accum_steps)
+  if not result["fits"]:
+    raise DoesNotFit(f"needs {result['peak_memory_per_chip_gib']:.1f} GiB per chip, "
+                     f"the chips have {result['hbm_per_chip_gib']:.0f} GiB")
+  return result
+
+
+def check_sample(config, topology: str, batch: int | None = None) -> list[dict]:
+  """Compiles the sampler's per-token step and a GS-Jacobi sweep; one report each."""
+  config_lib.validate(config)
+  devices = topology_devices(topology)
+  batch = batch or config.sample.num_images
+  tokens = (config.image_size // config.model.patch_size)**2
+  results = []
+  for name, segment in (("sequential_token_step", 1),
+                        ("gs_jacobi_sweep", max(1, (tokens - 1) // GS_JACOBI_SEGMENTS))):
+    lowered, mesh, resolved = lower_sampler_steps(config, devices, batch, segment)
+    compiled, compile_s = _compile(lowered)
+    depth = max(config_lib.block_depths(resolved.model))
+    result = report(compiled, topology=topology, devices=devices, mesh=mesh, batch=batch,
+                    compile_s=compile_s,
+                    model_flops=batch * flops.block_step_flops(resolved, depth, segment),
+                    scan_layers=True)  # The step loops over layers (a KV-cache carry).
+    result.update(what=name, tokens=segment, attention=resolved.model.attention,
+                  cost_model_note="the KV-cached step loops over its layers: the cost model "
+                  "counts one layer, so no step time or MFU")
+    if not result["fits"]:
+      raise DoesNotFit(f"{name} needs {result['peak_memory_per_chip_gib']:.1f} GiB per chip, "
+                       f"the chips have {result['hbm_per_chip_gib']:.0f} GiB")
+    results.append(result)
+  return results
+
+
+def format_table(result: dict) -> str:
+  rows = []
+  for key, value in result.items():
+    if key == "collectives":
+      for op, v in value.items():
+        if v["count"]:
+          rows.append((f"  {op}", f"{v['count']} ops, {v['bytes'] / 2**20:.2f} MiB"))
+      continue
+    text = f"{value:.4g}" if isinstance(value, float) else str(value)
+    rows.append((key, text))
+  width = max(len(k) for k, _ in rows)
+  return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def main(argv):
+  del argv
+  try:
+    if _WHAT.value == "train":
+      results = [check_train(_CONFIG.value, _TOPOLOGY.value, _BATCH.value)]
+    else:
+      results = check_sample(_CONFIG.value, _TOPOLOGY.value, _BATCH.value)
+  except DoesNotFit as e:
+    sys.exit(f"does not fit on {_TOPOLOGY.value}: {e}")
+  except (config_lib.ConfigError, ValueError) as e:
+    sys.exit(f"error: {e}")
+  for result in results:
+    print(format_table(result))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config"])
+  app.run(main)

@@ -1,0 +1,82 @@
+"""Ahead-of-time TPU compilation of the trainer's step on this CPU host (libtpu, no TPU)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, tiny_config
+from tarflow_flax import compile_check, flops
+
+REPORT_KEYS = ("topology", "device_kind", "devices", "mesh", "batch", "fits", "hbm_per_chip_gib",
+               "peak_memory_per_chip_gib", "compile_s", "model_tflops_per_step",
+               "cost_model_step_s", "cost_model_mfu", "collectives")
+
+
+@pytest.mark.parametrize("topology,kind,devices", [("v5e:2x2", "TPU v5 lite", 4),
+                                                   ("v5p:2x2x2", "TPU v5", 8)])
+def test_tiny_train_step_compiles_for_a_tpu_slice(topology, kind, devices):
+  config = tiny_config(**{"mesh.fsdp": 2, "model.scan_layers": False})
+  result = compile_check.check_train(config, topology)
+  assert all(key in result for key in REPORT_KEYS)
+  assert result["device_kind"] == kind and result["devices"] == devices
+  assert result["mesh"] == {"data": devices // 2, "fsdp": 2}
+  assert result["fits"] and 0 < result["peak_memory_per_chip_gib"] < result["hbm_per_chip_gib"]
+  model_tflops = config.batch_size * flops.train_flops_per_image(config) / 1e12
+  assert result["model_tflops_per_step"] == pytest.approx(model_tflops)
+  # Unrolled layers: the TPU cost model gives a step time, hence an MFU.
+  assert result["cost_model_step_s"] > 0 and 0 < result["cost_model_mfu"] < 1
+  # FSDP over 2 chips: parameters are gathered, gradients reduced.
+  assert result["collectives"]["all-gather"]["count"] > 0
+  json.dumps(result)  # The JSON line must serialise.
+
+
+def test_bf16_fsdp_gathers_in_compute_dtype_and_accumulation_moves_no_images():
+  config = tiny_config(**{"mesh.fsdp": 4, "model.dtype": "bfloat16", "model.channels": 128,
+                          "batch_size": 16, "grad_accum_steps": 2})
+  lowered, _, _ = compile_check.lower_train_step(
+      config, compile_check.topology_devices("v5p:2x2x2"), config.batch_size)
+  hlo = lowered.compile().as_text()
+  gathered = compile_check.collective_sizes(hlo, "all-gather")
+  # Kernels (C×3C, C×4C, ...) are gathered as bf16; only small float32 tensors (embeddings,
+  # norms) may be gathered in float32.
+  assert max(gathered["bf16"]) >= 128 * 3 * 128
+  assert max(gathered.get("f32", [0])) < 128 * 128
+  assert compile_check.collectives(hlo)["collective-permute"]["count"] == 0
+
+
+def test_sampler_steps_compile_for_a_tpu_slice():
+  config = tiny_config(**{"image_size": 32})  # 64 tokens: GS-Jacobi sweeps of 7 tokens.
+  token, sweep = compile_check.check_sample(config, "v5e:2x2", batch=8)
+  assert (token["what"], token["tokens"]) == ("sequential_token_step", 1)
+  assert (sweep["what"], sweep["tokens"]) == ("gs_jacobi_sweep", 7)
+  assert token["fits"] and sweep["fits"] and token["mesh"] == {"data": 4, "fsdp": 1}
+  assert sweep["model_tflops_per_step"] == pytest.approx(7 * token["model_tflops_per_step"])
+
+
+def test_a_step_that_cannot_fit_exits_1_with_one_line():
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+  proc = subprocess.run(
+      [sys.executable, "-m", "tarflow_flax.compile_check", "--config=configs/tiny.py",
+       "--topology=v5e:2x2", "--batch=4194304"],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
+  assert proc.returncode == 1
+  assert "Traceback" not in proc.stderr
+  lines = proc.stderr.strip().splitlines()
+  assert lines[-1].startswith("does not fit on v5e:2x2: "), proc.stderr[-2000:]
+  assert proc.stdout == ""
+
+
+def test_collectives_are_parsed_with_their_bytes():
+  hlo = """
+  %all-gather.1 = bf16[64,256]{1,0} all-gather(bf16[16,256]{1,0} %p), dimensions={0}
+  %ags = (f32[8]{0}, f32[32]{0}) all-gather-start(f32[8]{0} %q), dimensions={0}
+  %agd = f32[32]{0} all-gather-done((f32[8]{0}, f32[32]{0}) %ags)
+  %ar = f32[10]{0} all-reduce(f32[10]{0} %r), to_apply=%add
+  """
+  result = compile_check.collectives(hlo)
+  assert result["all-gather"] == {"count": 2, "bytes": 64 * 256 * 2 + 32 * 4}
+  assert result["all-reduce"] == {"count": 1, "bytes": 40}
+  assert result["collective-permute"] == {"count": 0, "bytes": 0}

@@ -27,6 +27,7 @@ from flax import nnx
 from ml_collections import config_flags
 
 from tarflow_flax import checkpoint, sampling, sharding, visualize
+from tarflow_flax.fid import protocols as fid_protocols
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config (default: the checkpoint's).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (reads workdir/checkpoints).")
@@ -44,6 +45,9 @@ _ANNEALED = flags.DEFINE_bool("annealed_guidance", None, "Default: config.sample
 _DENOISE = flags.DEFINE_bool("denoise", None, "Score-based denoising (default: config).")
 _USE_EMA = flags.DEFINE_bool("use_ema", True, "Sample from the EMA weights when present.")
 _SEED = flags.DEFINE_integer("seed", 0, "Noise seed.")
+_FID_PROTOCOL = flags.DEFINE_enum("fid_protocol", fid_protocols.DEFAULT_PROTOCOL,
+                                  list(fid_protocols.PROTOCOLS),
+                                  "How the float samples become the stored uint8 (FID input).")
 
 
 def shard_path(outdir, index: int):
@@ -106,7 +110,7 @@ def run(config, directory: str) -> int:
   settings = {"config": json.loads(config.to_json()), "step": meta["step"],
               "weights": meta["weights"], "method": _METHOD.value, "tol": _TOL.value,
               "seed": _SEED.value, "shard_size": _SHARD.value, "classes": classes,
-              "denoise_std": denoise_std, **kwargs}
+              "denoise_std": denoise_std, "fid_protocol": _FID_PROTOCOL.value, **kwargs}
   check_outdir(_OUTDIR.value, settings)
 
   mesh = sharding.make_mesh(config.mesh)
@@ -135,8 +139,9 @@ def run(config, directory: str) -> int:
     y = None if labels is None else global_batch(labels, batch, sharding.replicated(mesh))
     images, _ = sampling.sample(model, noise, y, method=_METHOD.value, tol=_TOL.value,
                                 denoise_std=denoise_std, **kwargs)
-    images = visualize.to_uint8(jax.device_get(
-        jax.jit(lambda x: x, out_shardings=sharding.replicated(mesh))(images)))[:count]
+    images = fid_protocols.to_uint8(jax.device_get(
+        jax.jit(lambda x: x, out_shardings=sharding.replicated(mesh))(images)),
+                                    _FID_PROTOCOL.value)[:count]
     if jax.process_index() == 0:
       path = shard_path(_OUTDIR.value, index)
       tmp = path.parent / f".{path.name}.tmp"

@@ -6,6 +6,7 @@ of a multi-host job runs it; process 0 writes metrics; Orbax coordinates checkpo
 
 from __future__ import annotations
 
+import functools
 import signal
 import time
 from typing import Any
@@ -90,7 +91,7 @@ def _restore_or_init(mngr, trainer, abstract_model, shardings, mesh, train_iter,
 
 
 def sample_images(graphdef, model_state, config, mesh, num_images: int,
-                  seed: int = 0) -> np.ndarray:
+                  seed: int = 0, to_uint8=visualize.to_uint8) -> np.ndarray:
   """Samples (uint8 NHWC) from a model state with the config's guidance and denoising."""
   model = nnx.merge(graphdef, model_state)
   noise = jax.random.normal(jax.random.key(seed), (num_images, model.num_tokens, model.token_dim))
@@ -104,20 +105,21 @@ def sample_images(graphdef, model_state, config, mesh, num_images: int,
     images = sampling.denoise(model, images, labels, config.data.noise_std)
   # Gather to every host (the result may be sharded over devices of several processes).
   images = jax.jit(lambda x: x, out_shardings=sharding.replicated(mesh))(images)
-  return visualize.to_uint8(np.asarray(images))
+  return to_uint8(np.asarray(images))
 
 
 def in_training_fid(graphdef, model_state, config, mesh) -> float:
   """FID of `config.fid.num_samples` samples (config.sample settings) against reference stats."""
   from tarflow_flax import fid  # pylint: disable=g-import-not-at-top
   extractor = fid.FeatureExtractor(fid.from_pth(config.fid.inception_pth),
-                                   batch_size=min(64, config.sample.num_images))
-  mu_ref, sigma_ref, _ = fid.load_statistics(config.fid.ref_stats)
+                                   batch_size=min(64, config.sample.num_images),
+                                   protocol=config.fid.protocol)
   batch = config.sample.num_images
-  batches = (sample_images(graphdef, model_state, config, mesh, batch, seed=1000 + i)
+  to_uint8 = functools.partial(fid.to_uint8, protocol=config.fid.protocol)
+  batches = (sample_images(graphdef, model_state, config, mesh, batch, seed=1000 + i,
+                           to_uint8=to_uint8)
              for i in range(-(-config.fid.num_samples // batch)))
-  mu, sigma, _ = extractor.statistics(batches)
-  return fid.frechet_distance(mu, sigma, mu_ref, sigma_ref)
+  return fid.fid_against(extractor, batches, fid.load_statistics(config.fid.ref_stats))[0]
 
 
 def _hparams(config) -> dict[str, Any]:
@@ -234,6 +236,12 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         logging.info("step %d  validation bits/dim %.4f ± %.4f (%d images)", step,
                      result["bpd"], result["bpd_stderr"], result["num_images"])
         last_metrics["eval/bpd"] = result["bpd"]
+        if config.model.num_classes:
+          accuracy = eval_lib.evaluate_accuracy(trainer.graphdef, eval_state, config, mesh,
+                                                num_batches=config.num_eval_batches)["accuracy"]
+          writer.write_scalars(step, {"eval/accuracy": accuracy})
+          logging.info("step %d  Bayes-classifier accuracy %.4f", step, accuracy)
+          last_metrics["eval/accuracy"] = accuracy
       if config.fid_every_steps and (step % config.fid_every_steps == 0 or is_last):
         fid_state = state.ema if state.ema is not None else state.model
         value = in_training_fid(trainer.graphdef, fid_state, config, mesh)

@@ -135,8 +135,10 @@ def run_fid_stats(config) -> dict:
   split = _SPLIT.value or config.data.train_split
 
   def images():
-    for batch in input_pipeline.create_eval_iterator(config, split=split, process_index=0,
-                                                     process_count=1):
+    for index, batch in enumerate(input_pipeline.create_eval_iterator(
+        config, split=split, process_index=0, process_count=1)):
+      if 0 <= _NUM_BATCHES.value <= index:
+        return
       yield fid.dataset_uint8(batch["image_uint8"][batch["mask"]], extractor.protocol)
 
   stats = extractor.statistics(images(), source=f"{config.data.name}:{split}:"

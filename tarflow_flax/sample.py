@@ -150,8 +150,8 @@ def run(config, directory: str) -> int:
                  else labels)
       tmp.rename(path)
       if index == 0:
-        visualize.save_png(str(epath.Path(_OUTDIR.value) / "grid.png"),
-                           visualize.make_grid(images[:64]))
+        grid = visualize.make_grid(images[:100], ncol=config.model.num_classes or None)
+        visualize.save_png(str(epath.Path(_OUTDIR.value) / "grid.png"), grid)
     done += count
     if jax.process_index() == 0:
       print(f"\r{progress_bar(done, total)}  shard {index + 1}/{num_shards}  "

@@ -186,5 +186,6 @@ def save_torch_state_dict(state_dict: dict[str, np.ndarray], path: str,
     zf.writestr(f"{archive_name}/data.pkl", pickled)
     zf.writestr(f"{archive_name}/byteorder", "little")
     zf.writestr(f"{archive_name}/.format_version", "1")
+    zf.writestr(f"{archive_name}/version", "3\n")  # torch.load requires this record.
     for i, blob in enumerate(blobs):
       zf.writestr(f"{archive_name}/data/{i}", blob)

@@ -9,6 +9,6 @@ from tarflow_flax.fid.stats import (FeatureSums, Statistics, load_statistics, mo
                                     save_statistics)
 
 __all__ = ["DEFAULT_PROTOCOL", "FeatureExtractor", "FeatureSums", "InceptionV3", "PROTOCOLS",
-           "Statistics", "compute_statistics", "dataset_uint8", "fid_against", "frechet_distance", "from_pth",
-           "load_statistics", "load_torch_weights", "moments_from_sums", "read_state_dict",
+           "Statistics", "compute_statistics", "dataset_uint8", "fid_against", "frechet_distance",
+           "from_pth", "load_statistics", "load_torch_weights", "moments_from_sums", "read_state_dict",
            "sample_shards", "sampling_settings", "save_statistics", "to_uint8"]

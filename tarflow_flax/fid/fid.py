@@ -79,7 +79,7 @@ class FeatureExtractor:
   def __call__(self, images_uint8) -> np.ndarray:
     images = np.asarray(images_uint8)
     if images.dtype != np.uint8:
-      raise ValueError(f"FeatureExtractor takes uint8 images (use fid.to_uint8), got {images.dtype}")
+      raise ValueError(f"FeatureExtractor takes uint8 images (see fid.to_uint8), not {images.dtype}")
     if images.shape[-1] == 1:
       images = np.repeat(images, 3, axis=-1)
     out = []

@@ -119,7 +119,8 @@ def _stats(seed=0, dim=6, n=40):
 
 
 def test_sums_give_the_two_pass_moments():
-  feats = np.random.default_rng(0).normal(loc=3.0, size=(40, 6))
+  # float32, as the network's features (the sums widen them to float64 as torchmetrics does).
+  feats = np.random.default_rng(0).normal(loc=3.0, size=(40, 6)).astype(np.float32)
   sums = fid.FeatureSums(6)
   sums.update(feats[:15])
   sums.update(feats[15:])

@@ -88,6 +88,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.fid.num_samples = 2048
   c.fid.inception_pth = ml_collections.config_dict.placeholder(str)
   c.fid.ref_stats = ml_collections.config_dict.placeholder(str)
+  # 'reference' (ml-tarflow's torchmetrics FID, comparable with the paper) or 'pytorch_fid'.
+  c.fid.protocol = "reference"
 
   c.sample = ml_collections.ConfigDict()
   c.sample.num_images = 16
@@ -154,6 +156,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if c.fid_every_steps and not (c.fid.inception_pth and c.fid.ref_stats):
     _fail("fid_every_steps", "needs config.fid.inception_pth and config.fid.ref_stats",
           c.fid_every_steps)
+  if c.fid.protocol not in ("reference", "pytorch_fid"):
+    _fail("fid.protocol", "must be 'reference' or 'pytorch_fid'", c.fid.protocol)
   for key in ("sample_every_steps", "eval_every_steps", "warmup_steps", "fid_every_steps"):
     if c[key] < 0:
       _fail(key, "must be >= 0 (0 disables)", c[key])

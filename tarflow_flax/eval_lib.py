@@ -1,21 +1,38 @@
-"""Exact bits/dim over a whole split, on every device and host (SEMANTICS.md §10).
+"""Exact bits/dim and Bayes-classifier accuracy over a whole split, on every device and host.
+
+Bits/dim (SEMANTICS.md §10):
 
 Uniform dequantization x_deq = ((x_int + u)/256)·2 − 1 with K independent draws of u per image,
 a forward pass with y = None, and bpd = (0.5·mean z² + 0.5·log 2π + log 128 − logdets)/ln 2 with
 D = C·H·W. The eval iterator pads the last batch and masks the padding, so every example of the
 split counts exactly once whatever the batch size or device count.
+
+Bayes classifier (conditional models, as the reference's MNIST notebook): each image gets the
+training noise once (x + noise_std·ε, or uniform dequantization), then the per-image training loss
+0.5·mean(z²) − logdet under every class y; the prediction is argmin_y. Same iteration and masking.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Iterator
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from tarflow_flax import input_pipeline as data_lib
 from tarflow_flax import losses, sharding
+
+
+def global_eval_batches(config, mesh, split: str | None, num_batches: int) -> Iterator:
+  """(index, global batch) over the split (every image once, padding masked), at most
+  `num_batches` batches when that is >= 0."""
+  for index, batch in enumerate(data_lib.create_eval_iterator(config, split=split)):
+    if 0 <= num_batches <= index:
+      return
+    yield index, data_lib.to_global_batch(batch, mesh)
 
 
 def masked_bpd_sums(model, images_uint8, mask, u):
@@ -49,11 +66,7 @@ def evaluate_bpd(graphdef, model_state, config, mesh, *, split: str | None = Non
   total = total_sq = count = 0.0
   for draw in range(num_dequant):
     per_draw = []
-    iterator = data_lib.create_eval_iterator(config, split=split)
-    for index, batch in enumerate(iterator):
-      if 0 <= num_batches <= index:
-        break
-      batch = data_lib.to_global_batch(batch, mesh)
+    for index, batch in global_eval_batches(config, mesh, split, num_batches):
       key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), draw), index)
       s, s2, n = step(model_state, batch["image_uint8"], batch["mask"], key)
       per_draw.append((float(s), float(s2), float(n)))
@@ -68,3 +81,59 @@ def evaluate_bpd(graphdef, model_state, config, mesh, *, split: str | None = Non
   variance = max(total_sq / count - mean * mean, 0.0)
   return {"bpd": mean, "bpd_stderr": math.sqrt(variance / count),
           "num_images": count / num_dequant, "num_dequant": num_dequant}
+
+
+def per_image_loss(z, logdets):
+  """The training loss of each image, (N,): 0.5·mean(z²) − logdet (losses.nll_loss per row)."""
+  z = z.astype(jnp.float32).reshape(z.shape[0], -1)
+  return 0.5 * jnp.mean(z**2, axis=1) - logdets
+
+
+def class_losses(model, x, num_classes: int):
+  """(N, num_classes): every image's loss under every class label."""
+  def loss_for(label):
+    z, logdets, _ = model(x, jnp.full((x.shape[0],), label, jnp.int32))
+    return per_image_loss(z, logdets)
+  return jax.lax.map(loss_for, jnp.arange(num_classes, dtype=jnp.int32)).T
+
+
+def make_classify_step(graphdef, mesh, config):
+  """jit: (state, uint8 images, labels, mask, key) → (correct per class, count per class)."""
+  num_classes, data = config.model.num_classes, config.data
+
+  def step(model_state, images, labels, mask, key):
+    if data.noise_type == "gaussian":
+      x = images.astype(jnp.float32) / 127.5 - 1.0  # to_unit_range, traced.
+      x = x + data.noise_std * jax.random.normal(key, images.shape, jnp.float32)
+    else:
+      x = data_lib.dequantize(images, jax.random.uniform(key, images.shape, jnp.float32))
+    losses_ = class_losses(nnx.merge(graphdef, model_state), x, num_classes)
+    hit = (jnp.argmin(losses_, axis=1) == labels) & mask
+    one_hot = jax.nn.one_hot(labels, num_classes) * mask[:, None]
+    return jnp.sum(one_hot * hit[:, None], axis=0), jnp.sum(one_hot, axis=0)
+
+  return jax.jit(step, out_shardings=sharding.replicated(mesh))
+
+
+def evaluate_accuracy(graphdef, model_state, config, mesh, *, split: str | None = None,
+                      num_batches: int = -1, seed: int = 0, progress=None) -> dict:
+  """Bayes-classifier accuracy (overall and per class) of a conditional model on a split."""
+  if not config.model.num_classes:
+    raise ValueError("the Bayes classifier needs a class-conditional model "
+                     "(config.model.num_classes > 0)")
+  step = make_classify_step(graphdef, mesh, config)
+  correct = count = np.zeros(config.model.num_classes)
+  for index, batch in global_eval_batches(config, mesh, split, num_batches):
+    key = jax.random.fold_in(jax.random.key(seed), index)
+    c, n = step(model_state, batch["image_uint8"], batch["label"], batch["mask"], key)
+    correct, count = correct + jax.device_get(c), count + jax.device_get(n)
+    if progress is not None:
+      progress(0, index)
+  total = float(count.sum())
+  if total == 0:
+    raise ValueError(f"the evaluation split {split or config.data.eval_split!r} yielded no images")
+  per_class = [float(c / n) if n else None for c, n in zip(correct, count)]
+  return {"accuracy": float(sum(correct) / total), "per_class_accuracy": per_class,
+          "num_images": total,
+          "noise": (f"gaussian std {config.data.noise_std}" if config.data.noise_type == "gaussian"
+                    else "uniform dequantization")}

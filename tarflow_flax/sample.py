@@ -26,6 +26,7 @@ from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
 from tarflow_flax import runtime, sampling, visualize
+from tarflow_flax.fid import protocols as fid_protocols
 from tarflow_flax.sampling import batches, strategy
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config (default: the checkpoint's).")
@@ -44,6 +45,9 @@ _ANNEALED = flags.DEFINE_bool("annealed_guidance", None, "Default: config.sample
 _DENOISE = flags.DEFINE_bool("denoise", None, "Score-based denoising (default: config).")
 _USE_EMA = flags.DEFINE_bool("use_ema", True, "Sample from the EMA weights when present.")
 _SEED = flags.DEFINE_integer("seed", 0, "Noise seed.")
+_FID_PROTOCOL = flags.DEFINE_enum("fid_protocol", fid_protocols.DEFAULT_PROTOCOL,
+                                  list(fid_protocols.PROTOCOLS),
+                                  "How the float samples become the stored uint8 (FID input).")
 
 
 def shard_path(outdir, index: int):
@@ -92,7 +96,7 @@ def calibrated_plan(model, outdir, record: dict, batch: int, guidance: dict) -> 
   return {"method": "auto", "calibration": record[_PLAN_KEY]}
 
 
-def write_shard(outdir, index: int, images: np.ndarray, labels) -> None:
+def write_shard(outdir, index: int, images: np.ndarray, labels, grid_columns=None) -> None:
   """shard_{index}.npz, atomically (a temporary name, then a rename), and grid.png with shard 0."""
   path = shard_path(outdir, index)
   tmp = path.parent / f".{path.name}.tmp"
@@ -101,7 +105,7 @@ def write_shard(outdir, index: int, images: np.ndarray, labels) -> None:
              labels=np.full(len(images), -1, np.int32) if labels is None else labels)
   tmp.rename(path)
   if index == 0:
-    visualize.save_png(outdir / "grid.png", visualize.make_grid(images[:64]))
+    visualize.save_png(outdir / "grid.png", visualize.make_grid(images[:100], ncol=grid_columns))
 
 
 def run(config, root) -> int:
@@ -121,7 +125,7 @@ def run(config, root) -> int:
   settings = {"config": json.loads(config.to_json()), "step": meta["step"],
               "weights": meta["weights"], "method": _METHOD.value, "tol": _TOL.value,
               "seed": _SEED.value, "shard_size": _SHARD.value, "classes": classes,
-              "denoise_std": denoise_std, **guidance}
+              "denoise_std": denoise_std, "fid_protocol": _FID_PROTOCOL.value, **guidance}
   record = check_outdir(outdir, settings)
 
   num_shards = -(-_NUM.value // _SHARD.value)
@@ -152,7 +156,8 @@ def run(config, root) -> int:
         logging.info("process %d computed %d of the %d rows of each batch", jax.process_index(),
                      info["local_rows"], batch)
       if jax.process_index() == 0:
-        write_shard(outdir, index, visualize.to_uint8(images), labels)
+        write_shard(outdir, index, fid_protocols.to_uint8(images, _FID_PROTOCOL.value), labels,
+                    grid_columns=config.model.num_classes or None)
       done += count
       if jax.process_index() == 0:
         print(f"\r{progress_bar(done, total)}  shard {index + 1}/{num_shards}  "

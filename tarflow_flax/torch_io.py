@@ -212,7 +212,7 @@ def save_torch_state_dict(state_dict: dict[str, np.ndarray], path: str,
   storage_names = {np.dtype(v): k for k, v in _STORAGE_DTYPES.items() if v != "bfloat16"}
   items, blobs = [], []
   for i, (key, value) in enumerate(state_dict.items()):
-    array = np.ascontiguousarray(value)
+    array = np.asarray(value, order="C")  # (ascontiguousarray would make 0-d arrays 1-d)
     strides = [int(np.prod(array.shape[d + 1:], dtype=np.int64)) for d in range(array.ndim)]
     items.append(_p_str(key) + _p_tensor(storage_names[array.dtype], str(i), array.shape, strides))
     blobs.append(array.astype(array.dtype.newbyteorder("<")).tobytes())
@@ -221,5 +221,6 @@ def save_torch_state_dict(state_dict: dict[str, np.ndarray], path: str,
     zf.writestr(f"{archive_name}/data.pkl", pickled)
     zf.writestr(f"{archive_name}/byteorder", "little")
     zf.writestr(f"{archive_name}/.format_version", "1")
+    zf.writestr(f"{archive_name}/version", "3\n")  # torch.load requires this record.
     for i, blob in enumerate(blobs):
       zf.writestr(f"{archive_name}/data/{i}", blob)

@@ -97,12 +97,11 @@ def in_training_fid(graphdef, model_state, config, mesh) -> float:
   """FID of `config.fid.num_samples` samples (config.sample settings) against reference stats."""
   from tarflow_flax import fid  # pylint: disable=g-import-not-at-top
   extractor = fid.FeatureExtractor(fid.from_pth(config.fid.inception_pth),
-                                   batch_size=min(64, config.sample.num_images))
-  mu_ref, sigma_ref, _ = fid.load_statistics(config.fid.ref_stats)
-  images = (visualize.to_uint8(b) for b in generate_samples(
+                                   batch_size=min(64, config.sample.num_images),
+                                   protocol=config.fid.protocol)
+  images = (fid.to_uint8(b, config.fid.protocol) for b in generate_samples(
       graphdef, model_state, config, mesh, config.fid.num_samples, seed=FID_SEED))
-  mu, sigma, _ = extractor.statistics(images)
-  return fid.frechet_distance(mu, sigma, mu_ref, sigma_ref)
+  return fid.fid_against(extractor, images, fid.load_statistics(config.fid.ref_stats))[0]
 
 
 def _hparams(config) -> dict[str, Any]:
@@ -266,6 +265,12 @@ def train_and_evaluate(config, workdir) -> dict[str, float]:
         logging.info("step %d  validation bits/dim %.4f ± %.4f (%d images)", step,
                      result["bpd"], result["bpd_stderr"], result["num_images"])
         last_metrics["eval/bpd"] = result["bpd"]
+        if config.model.num_classes:
+          accuracy = eval_lib.evaluate_accuracy(trainer.graphdef, eval_state, config, mesh,
+                                                num_batches=config.num_eval_batches)["accuracy"]
+          writer.write_scalars(step, {"eval/accuracy": accuracy})
+          logging.info("step %d  Bayes-classifier accuracy %.4f", step, accuracy)
+          last_metrics["eval/accuracy"] = accuracy
       if config.fid_every_steps and (step % config.fid_every_steps == 0 or is_last):
         fid_state = state.ema if state.ema is not None else state.model
         value = in_training_fid(trainer.graphdef, fid_state, config, mesh)

@@ -13,13 +13,16 @@ def to_uint8(images) -> np.ndarray:
   return np.round((images + 1.0) * 127.5).astype(np.uint8)
 
 
-def make_grid(images, ncol: int | None = None, pad: int = 2) -> np.ndarray:
-  """(N, H, W, C) → one (rows·(H+pad)+pad, ncol·(W+pad)+pad, C) grid, same dtype, padding 0."""
+def make_grid(images, ncol: int | None = None, pad: int = 2, pad_value=128) -> np.ndarray:
+  """(N, H, W, C) → one (rows·(H+pad)+pad, ncol·(W+pad)+pad, C) grid, same dtype.
+
+  The padding is mid-grey by default so that it shows between digits on black backgrounds.
+  """
   images = np.asarray(images)
   n, h, w, c = images.shape
   ncol = ncol or int(math.ceil(math.sqrt(n)))
   nrow = int(math.ceil(n / ncol))
-  grid = np.zeros((nrow * (h + pad) + pad, ncol * (w + pad) + pad, c), images.dtype)
+  grid = np.full((nrow * (h + pad) + pad, ncol * (w + pad) + pad, c), pad_value, images.dtype)
   for i in range(n):
     r, col = divmod(i, ncol)
     top, left = pad + r * (h + pad), pad + col * (w + pad)

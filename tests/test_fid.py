@@ -1,5 +1,7 @@
 """FID: closed forms, and the FID Inception loaded from a torch-format state_dict."""
 
+import zipfile
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -99,11 +101,71 @@ def test_in_training_fid_is_logged(tmp_path):
   pth = tmp_path / "inception.pth"
   torch_io.save_torch_state_dict(_random_state_dict(), str(pth))
   rng = np.random.default_rng(0)
-  fid.save_statistics(str(tmp_path / "ref.npz"), rng.normal(size=2048),
-                      np.eye(2048), num_images=10, source="random")
+  fid.save_statistics(str(tmp_path / "ref.npz"),
+                      fid.Statistics(rng.normal(size=2048), np.eye(2048), 10, "random",
+                                     "reference"))
   config = tiny_config(**{"num_train_steps": 2, "fid_every_steps": 2, "fid.num_samples": 4,
                           "sample.num_images": 4, "fid.inception_pth": str(pth),
                           "fid.ref_stats": str(tmp_path / "ref.npz")})
   train.train_and_evaluate(config, str(tmp_path / "run"))
   values = read_scalars(tmp_path / "run")["eval/fid"]
   assert list(values) == [2] and np.isfinite(values[2]) and values[2] > 0
+
+
+def _stats(seed=0, dim=6, n=40):
+  sums = fid.FeatureSums(dim)
+  sums.update(np.random.default_rng(seed).normal(size=(n, dim)))
+  return sums.statistics(source="test", protocol="pytorch_fid")
+
+
+def test_sums_give_the_two_pass_moments():
+  # float32, as the network's features (the sums widen them to float64 as torchmetrics does).
+  feats = np.random.default_rng(0).normal(loc=3.0, size=(40, 6)).astype(np.float32)
+  sums = fid.FeatureSums(6)
+  sums.update(feats[:15])
+  sums.update(feats[15:])
+  mu, sigma = fid.compute_statistics(feats)
+  stats = sums.statistics(source="", protocol=None)
+  np.testing.assert_allclose(stats.mu, mu, rtol=1e-12)
+  np.testing.assert_allclose(stats.sigma, sigma, rtol=1e-10)
+
+
+def test_statistics_file_formats(tmp_path):
+  stats = _stats()
+  ours = tmp_path / "ours.npz"
+  fid.save_statistics(str(ours), stats)
+  back = fid.load_statistics(str(ours))
+  assert (back.num_images, back.source, back.protocol) == (40, "test", "pytorch_fid")
+  np.testing.assert_array_equal(back.sigma, stats.sigma)
+  # pytorch-fid / ADM: mu and sigma only.
+  adm = tmp_path / "VIRTUAL_imagenet64.npz"
+  np.savez(adm, mu=stats.mu.astype(np.float32), sigma=stats.sigma)
+  back = fid.load_statistics(str(adm))
+  assert back.num_images is None and back.protocol is None
+  np.testing.assert_allclose(back.mu, stats.mu, rtol=1e-6)
+  # The reference's .pth: sums, from which mu/sigma follow exactly.
+  ref = tmp_path / "mnist_28_fid_stats.pth"
+  fid.save_statistics(str(ref), stats)
+  back = fid.load_statistics(str(ref))
+  assert back.num_images == 40 and back.protocol == "reference"
+  # torch.load (checked once with torch 2.13) refuses a zip without the `version` record.
+  assert "archive/version" in zipfile.ZipFile(ref).namelist()
+  np.testing.assert_allclose(back.sigma, stats.sigma, rtol=1e-12)
+  with pytest.raises(ValueError, match="needs 'mu' and 'sigma'"):
+    np.savez(tmp_path / "bad.npz", mean=stats.mu)
+    fid.load_statistics(str(tmp_path / "bad.npz"))
+  with pytest.raises(ValueError, match="needs 'real_features_sum'"):
+    torch_io.save_torch_state_dict({"w": np.zeros(3, np.float32)}, str(tmp_path / "bad.pth"))
+    fid.load_statistics(str(tmp_path / "bad.pth"))
+  with pytest.raises(ValueError, match="stores feature sums"):
+    fid.save_statistics(str(tmp_path / "x.pth"), fid.load_statistics(str(adm)))
+
+
+def test_fid_refuses_statistics_of_another_protocol(loaded):
+  _, model = loaded
+  extractor = fid.FeatureExtractor(model, batch_size=2, protocol="reference")
+  other = fid.Statistics(np.zeros(2048), np.eye(2048), 10, "ref.npz", "pytorch_fid")
+  with pytest.raises(ValueError, match="pass --fid_protocol=pytorch_fid"):
+    fid.fid_against(extractor, [], other)
+  with pytest.raises(ValueError, match="unknown FID protocol"):
+    fid.FeatureExtractor(model, protocol="tf")

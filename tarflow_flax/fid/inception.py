@@ -1,13 +1,16 @@
-"""Inception-v3 pool3 features for FID, in Flax NNX, loading the standard FID weights from a `.pth`.
+"""Inception-v3 pool3 features for FID, in Flax NNX, loading the FID weights from a torch state_dict.
 
 The network is the one FID is defined with (TF's 2015-12-05 Inception, as ported for PyTorch FID
 code): BasicConv = conv (no bias) + BatchNorm (eps 1e-3, inference statistics, folded into a scale
 and shift here) + ReLU; FID variants of the A/C/E blocks average-pool without counting padding and
-the last E block max-pools its pool branch. Inputs are NHWC in [-1, 1], resized to 299x299
-(bilinear); the output is the 2048-d global average of the last block.
+the last E block max-pools its pool branch. Inputs are NHWC, already resized to 299x299 and
+normalised by one of the FID protocols (`protocols.inception_input`); the output is the 2048-d
+global average of the last block.
 
 Module attribute names equal the torch state_dict prefixes (`Mixed_5b.branch1x1`, ...), so the
-weight mapping is mechanical: `load_torch_weights(model, state_dict)`.
+weight mapping is mechanical: `load_torch_weights(model, state_dict)`. The weights may come from
+pytorch-fid's / torch-fidelity's `.pth`, from a `.npz` of the same keys, or from the `inception.*`
+entries of a reference FID statistics file.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from flax import nnx
 
 BN_EPS = 1e-3
@@ -178,11 +182,10 @@ class InceptionV3(nnx.Module):
     self.Mixed_7c = BlockE(2048, max_pool_branch=True)
 
   def __call__(self, images):
-    """images: (N, H, W, 3) in [-1, 1] → (N, 2048) float32."""
-    if images.ndim != 4 or images.shape[-1] != 3:
-      raise ValueError(f"expected RGB images (N, H, W, 3), got {images.shape}")
-    x = jax.image.resize(images.astype(jnp.float32),
-                         (images.shape[0], INPUT_SIZE, INPUT_SIZE, 3), "bilinear", antialias=False)
+    """images: (N, 299, 299, 3) protocol-normalised → (N, 2048) float32."""
+    if images.ndim != 4 or images.shape[1:] != (INPUT_SIZE, INPUT_SIZE, 3):
+      raise ValueError(f"expected (N, {INPUT_SIZE}, {INPUT_SIZE}, 3) inputs, got {images.shape}")
+    x = images.astype(jnp.float32)
     x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
     x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(max_pool(x)))
     x = max_pool(x)
@@ -231,7 +234,27 @@ def load_torch_weights(model: InceptionV3, state_dict: dict[str, np.ndarray]) ->
   return model
 
 
-def from_pth(path: str) -> InceptionV3:
-  """The FID Inception from a user-provided `.pth` (read torch-free, no pickled code runs)."""
+STATS_FILE_PREFIX = "inception."  # The reference's stats files hold the weights under this.
+
+
+def read_state_dict(path: str) -> dict[str, np.ndarray]:
+  """FID-Inception torch weights from a `.pth` (read torch-free, no pickled code runs), a `.npz`
+  of the same keys, or a reference `*_fid_stats.pth` (its `inception.*` entries)."""
   from tarflow_flax import torch_io  # pylint: disable=g-import-not-at-top
-  return load_torch_weights(InceptionV3(), torch_io.load_torch_state_dict(path))
+  path = epath.Path(path)
+  if not path.exists():
+    raise FileNotFoundError(f"no FID Inception weights at {path}")
+  with path.open("rb") as f:
+    if path.suffix == ".npz":
+      with np.load(f) as d:
+        state = {k: d[k] for k in d.files}
+    else:
+      state = torch_io.load_torch_state_dict(f)
+  nested = {k[len(STATS_FILE_PREFIX):]: v for k, v in state.items()
+            if k.startswith(STATS_FILE_PREFIX)}
+  return nested or state
+
+
+def from_pth(path: str) -> InceptionV3:
+  """The FID Inception from user-provided weights (see `read_state_dict` for the formats)."""
+  return load_torch_weights(InceptionV3(), read_state_dict(path))

@@ -14,7 +14,8 @@ def model_kwargs(config) -> dict:
   return dict(in_channels=m.in_channels, img_size=config.image_size, patch_size=m.patch_size,
               channels=m.channels, num_blocks=m.num_blocks,
               layers_per_block=lpb if isinstance(lpb, int) else tuple(lpb), nvp=m.nvp,
-              num_classes=m.num_classes, dtype=m.dtype, remat=m.remat)
+              num_classes=m.num_classes, dtype=m.dtype, remat=m.remat, cond_dim=m.cond_dim,
+              soft_clip=m.soft_clip)
 
 
 def build_model(config, rngs: nnx.Rngs | None = None) -> TarFlow:

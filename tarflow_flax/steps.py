@@ -43,9 +43,9 @@ class Trainer:
     return TrainState(step=jnp.zeros((), jnp.int32), model=model_state,
                       opt_state=self.tx.init(params), ema=ema)
 
-  def _loss(self, params, rest, images, labels):
+  def _loss(self, params, rest, images, labels, cond=None):
     model = nnx.merge(self.graphdef, params, rest)
-    z, logdets, aux = model(images, labels)
+    z, logdets, aux = model(images, labels, cond)
     loss = losses.nll_loss(z, logdets)
     terms = {
         "prior": 0.5 * jnp.mean(jnp.square(z)),
@@ -61,12 +61,13 @@ class Trainer:
     params, rest = nnx.split_state(state.model, nnx.Param, ...)
     labels = batch["label"] if config.model.num_classes else None
     k = config.grad_accum_steps
+    cond = batch["cond"] if config.model.cond_dim else None  # AdaLN conditions (N, cond_dim).
     micro = jax.tree.map(lambda a: a.reshape((k, a.shape[0] // k) + a.shape[1:]),
-                         {"image": batch["image"], "label": labels})
+                         {"image": batch["image"], "label": labels, "cond": cond})
     grad_fn = jax.value_and_grad(self._loss, has_aux=True)
 
     def micro_step(mb):
-      return grad_fn(params, rest, mb["image"], mb["label"])
+      return grad_fn(params, rest, mb["image"], mb["label"], mb["cond"])
 
     # Sum over micro-batches (a scan keeps one micro-batch's activations live), then average.
     totals = micro_step(jax.tree.map(lambda a: a[0], micro))
@@ -82,7 +83,7 @@ class Trainer:
     model_state = nnx.merge_state(params, rest)
     ema = state.ema
     if ema is not None:
-      # Warm-up: early on the average would be dominated by the (identity) initial weights.
+      # Warm-up: early on the average would be dominated by the initial weights.
       step = state.step.astype(jnp.float32)
       decay = jnp.minimum(config.ema_decay, (1.0 + step) / (10.0 + step))
       ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, ema, model_state)
@@ -130,5 +131,7 @@ def init_train_state(trainer: Trainer, mesh, shardings) -> TrainState:
 def compile_train_step(trainer: Trainer, shardings, mesh):
   """The jitted step with explicit shardings; the old state's buffers are donated."""
   batch = {"image": sharding.batch_sharding(mesh), "label": sharding.batch_sharding(mesh)}
+  if trainer.config.model.cond_dim:
+    batch["cond"] = sharding.batch_sharding(mesh)
   return jax.jit(trainer.train_step, in_shardings=(shardings, batch),
                  out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=(0,))

@@ -49,7 +49,8 @@ class _Rows:
 
 def create_train_iterator(config, *, process_index=None, process_count=None):
   """Infinite iterator of this process's batches {'image': f32 NHWC in [-1, 1] (noised),
-  'label': int32}; supports get_state()/set_state()."""
+  'label': int32, and with data.cond_key 'cond': f32 (N, cond_dim), NaN rows dropped};
+  supports get_state()/set_state()."""
   process_index, process_count = _process(process_index, process_count)
   local_batch = _local_batch(config, process_count)
   source, info = sources.data_source(config.data, config.data.train_split)

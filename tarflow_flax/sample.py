@@ -38,6 +38,9 @@ _SHARD = flags.DEFINE_integer("shard_size", 64, "Samples per shard (one global b
 _METHOD = flags.DEFINE_enum("method", "sequential", list(sampling.METHODS), "Sampler.")
 _TOL = flags.DEFINE_float("tol", sampling.api.DEFAULT_TOL, "Parallel samplers' tolerance.")
 _CLASSES = flags.DEFINE_list("classes", None, "Class labels to cycle (default: all, balanced).")
+_COND = flags.DEFINE_list(
+    "cond", None, "AdaLN models (model.cond_dim > 0): continuous condition values, cond_dim per "
+    "vector, vectors cycled over the samples like --classes (default: unconditional).")
 _GUIDANCE = flags.DEFINE_float("guidance", None, "Default: config.sample.guidance.")
 _ATTN_TEMP = flags.DEFINE_float("attn_temp", None, "Default: config.sample.attn_temp.")
 _ANNEALED = flags.DEFINE_bool("annealed_guidance", None, "Default: config.sample.*.")
@@ -55,6 +58,28 @@ def shard_labels(config, start: int, count: int, classes) -> np.ndarray | None:
     return None
   pool = np.asarray(classes if classes else np.arange(config.model.num_classes), np.int32)
   return pool[np.arange(start, start + count) % len(pool)]
+
+
+def parse_cond(values, cond_dim: int) -> np.ndarray | None:
+  """--cond values → (V, cond_dim) float32 vectors, or None (unconditional)."""
+  if not values:
+    return None
+  if not cond_dim:
+    raise ValueError("--cond given, but the model has no continuous conditioning "
+                     "(model.cond_dim=0)")
+  try:
+    flat = np.asarray([float(v) for v in values], np.float32)
+  except ValueError as e:
+    raise ValueError(f"--cond: {e}") from e
+  if flat.size % cond_dim:
+    raise ValueError(f"--cond has {flat.size} values: not a multiple of model.cond_dim={cond_dim}")
+  return flat.reshape(-1, cond_dim)
+
+
+def shard_cond(vectors, start: int, count: int) -> np.ndarray | None:
+  if vectors is None:
+    return None
+  return vectors[np.arange(start, start + count) % len(vectors)]
 
 
 def shard_noise(seed: int, start: int, count: int, tokens: int, dim: int) -> np.ndarray:
@@ -103,9 +128,11 @@ def run(config, directory: str) -> int:
   denoise = s.denoise if _DENOISE.value is None else _DENOISE.value
   denoise_std = config.data.noise_std if denoise and config.data.noise_type == "gaussian" else None
   classes = [int(c) for c in _CLASSES.value] if _CLASSES.value else None
+  cond = parse_cond(_COND.value, config.model.cond_dim)
   settings = {"config": json.loads(config.to_json()), "step": meta["step"],
               "weights": meta["weights"], "method": _METHOD.value, "tol": _TOL.value,
               "seed": _SEED.value, "shard_size": _SHARD.value, "classes": classes,
+              "cond": None if cond is None else cond.tolist(),
               "denoise_std": denoise_std, **kwargs}
   check_outdir(_OUTDIR.value, settings)
 
@@ -133,8 +160,10 @@ def run(config, directory: str) -> int:
     labels = shard_labels(config, start, count, classes)
     # Labels stay replicated: small, and the model checks their range on the host.
     y = None if labels is None else global_batch(labels, batch, sharding.replicated(mesh))
+    values = shard_cond(cond, start, count)
+    y_cont = None if values is None else global_batch(values, batch, sharding.replicated(mesh))
     images, _ = sampling.sample(model, noise, y, method=_METHOD.value, tol=_TOL.value,
-                                denoise_std=denoise_std, **kwargs)
+                                denoise_std=denoise_std, y_cont=y_cont, **kwargs)
     images = visualize.to_uint8(jax.device_get(
         jax.jit(lambda x: x, out_shardings=sharding.replicated(mesh))(images)))[:count]
     if jax.process_index() == 0:

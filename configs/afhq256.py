@@ -1,6 +1,7 @@
 """AFHQ 256x256 TarFlow, 8-768-8-8, Gaussian noise σ = 0.07, from an image folder.
 
-AFHQ (cat/dog/wild, one subfolder per class) in data.manual_dir; 3 classes.
+AFHQ (cat/dog/wild, one subfolder per class) in data.manual_dir; 3 classes. Random horizontal
+flip on, as the reference loader.
 The released PyTorch checkpoint of ml-tarflow converts with
   python -m tarflow_flax.convert --pth afhq.pth --config configs/afhq256.py --out /ckpt/afhq
 Train:
@@ -25,7 +26,7 @@ def get_config():
   c.data.name = "image_folder"
   c.data.noise_std = 0.07
   c.data.drop_label = 0.1
-  c.data.random_flip = True
+  c.data.random_flip = True  # The reference loader always flips.
   c.batch_size = 256
   c.num_train_steps = 200_000
   c.warmup_steps = 2_000

@@ -1,5 +1,7 @@
 """Class-conditional ImageNet 128x128 TarFlow, 4-1024-8-8, Gaussian noise σ = 0.15.
 
+Random horizontal flip on, as the reference loader.
+
   python -m tarflow_flax.main --config=configs/imagenet128.py --workdir=gs://BUCKET/in128
 """
 
@@ -21,7 +23,7 @@ def get_config():
   c.data.eval_split = "validation"
   c.data.noise_std = 0.15
   c.data.drop_label = 0.1
-  c.data.random_flip = True
+  c.data.random_flip = True  # The reference loader always flips.
   c.batch_size = 768
   c.num_train_steps = 1_000_000
   c.warmup_steps = 5_000

@@ -43,6 +43,11 @@ def base_config() -> ml_collections.ConfigDict:
   # True: one compiled layer body (lax.scan, fast compiles). False: unrolled layers, what the TPU
   # cost model needs for a step-time estimate (compile_check) and ~8% faster on CPU.
   c.model.scan_layers = True
+  # AdaLN conditioning on a continuous vector of this size per image (read from data.cond_key);
+  # 0: off (no extra parameters, reference-compatible).
+  c.model.cond_dim = 0
+  # Soft clip of the log-scales, a ← c·tanh(a/c) with c = soft_clip; 0: off (the reference).
+  c.model.soft_clip = 0.0
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "mnist_embedded"
@@ -53,7 +58,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.noise_type = "gaussian"  # 'gaussian' (x + noise_std·ε) or 'uniform' (dequantization).
   c.data.noise_std = 0.05
   c.data.random_flip = False
-  c.data.drop_label = 0.1         # Probability of replacing a label by -1 (conditional models).
+  # Probability of dropping a label (→ -1) and, independently, the continuous condition
+  # (→ NaN, the learned null embedding) during training: what classifier-free guidance needs.
+  c.data.drop_label = 0.1
+  # Dataset feature holding the continuous condition (model.cond_dim > 0), e.g. 'ink' for
+  # mnist_embedded; None: no continuous condition.
+  c.data.cond_key = ml_collections.config_dict.placeholder(str)
   c.data.num_workers = 0          # grain read threads per host (0: one per core, up to 16).
   c.data.prefetch = 2             # Device batches prepared ahead of the step.
 
@@ -68,6 +78,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.adam_b2 = 0.95
   c.grad_clip_norm = 0.0          # 0: off.
   c.ema_decay = 0.0               # 0: no EMA.
+  # Fine-tuning: a workdir or a checkpoint root (e.g. convert's output), local or gs://, whose
+  # model (+ EMA) weights start a fresh run (new optimizer, data from the start, step 0). An
+  # existing checkpoint in this run's workdir takes precedence (resume). None: seed init.
+  c.init_from = ml_collections.config_dict.placeholder(str)
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1                # -1: the devices left after the other axes.
@@ -134,6 +148,10 @@ def validate_model(m, image_size: int) -> None:
     _fail("model.dtype", f"must be one of {COMPUTE_DTYPES}", m.dtype)
   if getattr(m, "attention", "auto") not in ATTENTION_IMPLEMENTATIONS:
     _fail("model.attention", f"must be one of {ATTENTION_IMPLEMENTATIONS}", m.attention)
+  if getattr(m, "cond_dim", 0) < 0:
+    _fail("model.cond_dim", "must be >= 0 (0: no continuous conditioning)", m.cond_dim)
+  if getattr(m, "soft_clip", 0.0) < 0:
+    _fail("model.soft_clip", "must be >= 0 (0: off)", m.soft_clip)
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
@@ -143,6 +161,13 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _fail("data.name", f"must be one of {DATASETS}", c.data.name)
   if c.data.noise_type not in ("gaussian", "uniform"):
     _fail("data.noise_type", "must be 'gaussian' or 'uniform'", c.data.noise_type)
+  if c.model.cond_dim and not c.data.cond_key:
+    _fail("data.cond_key", f"must name a dataset feature when model.cond_dim={c.model.cond_dim}",
+          c.data.cond_key)
+  if c.data.cond_key and not c.model.cond_dim:
+    _fail("data.cond_key", "needs model.cond_dim > 0 (the size of the feature)", c.data.cond_key)
+  if c.init_from is not None and not str(c.init_from).strip():
+    _fail("init_from", "must be a workdir or checkpoint path (or None)", c.init_from)
   if not 0.0 <= c.data.drop_label < 1.0:
     _fail("data.drop_label", "must be in [0, 1)", c.data.drop_label)
   if c.batch_size < 1:

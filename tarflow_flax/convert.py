@@ -143,6 +143,11 @@ def model_from_pth(path: str, config) -> TarFlow:
   kwargs = model_kwargs(config)
   for runtime_only in ("remat", "attention", "scan_layers"):  # Not part of the weights.
     kwargs.pop(runtime_only)
+  kwargs.pop("soft_clip")  # Not a weight: the saved config carries it to whoever loads.
+  if kwargs.pop("cond_dim"):
+    raise config_lib.ConfigError("config.model.cond_dim: reference checkpoints have no AdaLN "
+                                 "weights; convert with cond_dim=0, then fine-tune a "
+                                 "cond_dim > 0 config with config.init_from")
   return model_from_torch_state_dict(load_torch_state_dict(path), **kwargs)
 
 

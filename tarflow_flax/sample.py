@@ -39,6 +39,9 @@ _SHARD = flags.DEFINE_integer("shard_size", 64, "Samples per shard (one global b
 _METHOD = flags.DEFINE_enum("method", "sequential", list(sampling.METHODS), "Sampler.")
 _TOL = flags.DEFINE_float("tol", sampling.api.DEFAULT_TOL, "Parallel samplers' tolerance.")
 _CLASSES = flags.DEFINE_list("classes", None, "Class labels to cycle (default: all, balanced).")
+_COND = flags.DEFINE_list(
+    "cond", None, "AdaLN models (model.cond_dim > 0): continuous condition values, cond_dim per "
+    "vector, vectors cycled over the samples like --classes (default: unconditional).")
 _GUIDANCE = flags.DEFINE_float("guidance", None, "Default: config.sample.guidance.")
 _ATTN_TEMP = flags.DEFINE_float("attn_temp", None, "Default: config.sample.attn_temp.")
 _ANNEALED = flags.DEFINE_bool("annealed_guidance", None, "Default: config.sample.*.")
@@ -52,6 +55,22 @@ _FID_PROTOCOL = flags.DEFINE_enum("fid_protocol", fid_protocols.DEFAULT_PROTOCOL
 
 def shard_path(outdir, index: int):
   return outdir / f"shard_{index:05d}.npz"
+
+
+def parse_cond(values, cond_dim: int) -> np.ndarray | None:
+  """--cond values → (V, cond_dim) float32 vectors, or None (unconditional)."""
+  if not values:
+    return None
+  if not cond_dim:
+    raise ValueError("--cond given, but the model has no continuous conditioning "
+                     "(model.cond_dim=0)")
+  try:
+    flat = np.asarray([float(v) for v in values], np.float32)
+  except ValueError as e:
+    raise ValueError(f"--cond: {e}") from e
+  if flat.size % cond_dim:
+    raise ValueError(f"--cond has {flat.size} values: not a multiple of model.cond_dim={cond_dim}")
+  return flat.reshape(-1, cond_dim)
 
 
 def progress_bar(done: int, total: int, width: int = 30) -> str:
@@ -87,7 +106,9 @@ def calibrated_plan(model, outdir, record: dict, batch: int, guidance: dict) -> 
   if _PLAN_KEY not in record:
     noise = batches.latents(_SEED.value, 0, batch, model.num_tokens, model.token_dim)
     labels = batches.class_labels(model.num_classes, 0, batch, record["classes"])
-    _, report = strategy.calibrate(model, noise, labels, tol=_TOL.value, **guidance)
+    cond = None if record["cond"] is None else np.asarray(record["cond"], np.float32)
+    _, report = strategy.calibrate(model, noise, labels, tol=_TOL.value,
+                                   y_cont=batches.conditions(cond, 0, batch), **guidance)
     record = {**record, _PLAN_KEY: report}
     multihost_utils.sync_global_devices("auto plan calibrated")
     if jax.process_index() == 0:
@@ -122,9 +143,11 @@ def run(config, root) -> int:
   denoise_std = config.data.noise_std if denoise and config.data.noise_type == "gaussian" else None
   classes = [int(c) for c in _CLASSES.value] if _CLASSES.value else None
   outdir = runtime.path(_OUTDIR.value)
+  cond = parse_cond(_COND.value, config.model.cond_dim)
   settings = {"config": json.loads(config.to_json()), "step": meta["step"],
               "weights": meta["weights"], "method": _METHOD.value, "tol": _TOL.value,
               "seed": _SEED.value, "shard_size": _SHARD.value, "classes": classes,
+              "cond": None if cond is None else cond.tolist(),
               "denoise_std": denoise_std, "fid_protocol": _FID_PROTOCOL.value, **guidance}
   record = check_outdir(outdir, settings)
 
@@ -151,7 +174,7 @@ def run(config, root) -> int:
       count = min(_SHARD.value, _NUM.value - start)
       images, labels, info = batches.generate(
           model, mesh, seed=_SEED.value, start=start, count=count, batch=batch, classes=classes,
-          denoise_std=denoise_std, **options, **guidance)
+          cond=cond, denoise_std=denoise_std, **options, **guidance)
       if position == 0:
         logging.info("process %d computed %d of the %d rows of each batch", jax.process_index(),
                      info["local_rows"], batch)

@@ -44,9 +44,9 @@ class Trainer:
     return TrainState(step=jnp.zeros((), jnp.int32), model=model_state,
                       opt_state=self.tx.init(params), ema=ema)
 
-  def _loss(self, params, rest, images, labels):
+  def _loss(self, params, rest, images, labels, cond=None):
     model = nnx.merge(self.graphdef, compute_dtype_kernels(params, self.config.model.dtype), rest)
-    z, logdets, aux = model(images, labels)
+    z, logdets, aux = model(images, labels, cond)
     loss = losses.nll_loss(z, logdets)
     terms = {
         "prior": 0.5 * jnp.mean(jnp.square(z)),
@@ -65,25 +65,27 @@ class Trainer:
                                          noise_type=config.data.noise_type,
                                          noise_std=config.data.noise_std)
     k = config.grad_accum_steps
+    cond = batch["cond"] if config.model.cond_dim else None  # AdaLN conditions (N, cond_dim).
     grad_fn = jax.value_and_grad(self._loss, has_aux=True)
     if k == 1:
-      (loss, terms), grads = grad_fn(params, rest, images, labels)
+      (loss, terms), grads = grad_fn(params, rest, images, labels, cond)
     else:
       # Micro-batch j takes rows j, j+k, j+2k, ... : (B, ...) → (B/k, k, ...) keeps each device's
       # rows on that device (no collective-permute / all-gather of the images, unlike (k, B/k)).
       micro = jax.tree.map(lambda a: a.reshape((a.shape[0] // k, k) + a.shape[1:]),
-                           {"image": images, "label": labels})
+                           {"image": images, "label": labels, "cond": cond})
 
       def micro_step(j, acc):
         mb = jax.tree.map(lambda a: sharding.constrain(
             jax.lax.dynamic_index_in_dim(a, j, axis=1, keepdims=False),
             ("batch",) + (None,) * (a.ndim - 2)), micro)
-        return jax.tree.map(jnp.add, acc, grad_fn(params, rest, mb["image"], mb["label"]))
+        return jax.tree.map(jnp.add, acc,
+                            grad_fn(params, rest, mb["image"], mb["label"], mb["cond"]))
 
       # Sum over micro-batches in a loop (one micro-batch's activations live), then average.
-      zeros = jax.tree.map(jnp.zeros_like,
-                           jax.eval_shape(grad_fn, params, rest, micro["image"][:, 0],
-                                          None if labels is None else micro["label"][:, 0]))
+      first = jax.tree.map(lambda a: a[:, 0], micro)
+      zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, params, rest, first["image"],
+                                                          first["label"], first["cond"]))
       totals = jax.lax.fori_loop(0, k, micro_step, zeros)
       (loss, terms), grads = jax.tree.map(lambda a: a / k, totals)
 
@@ -94,7 +96,7 @@ class Trainer:
     model_state = nnx.merge_state(params, rest)
     ema = state.ema
     if ema is not None:
-      # Warm-up: early on the average would be dominated by the (identity) initial weights.
+      # Warm-up: early on the average would be dominated by the initial weights.
       step = state.step.astype(jnp.float32)
       decay = jnp.minimum(config.ema_decay, (1.0 + step) / (10.0 + step))
       ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, ema, model_state)

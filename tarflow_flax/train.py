@@ -22,6 +22,7 @@ from flax import nnx
 from tarflow_flax import checkpoint, config_lib, eval_lib, flops, runtime, sharding, steps
 from tarflow_flax import input_pipeline as data_lib
 from tarflow_flax import visualize
+from tarflow_flax import finetune
 from tarflow_flax.sampling import batches as sample_batches
 
 OPT, DATA = "opt", "data"
@@ -54,7 +55,7 @@ def _restore_or_init(mngr, trainer, abstract_model, shardings, mesh, train_iter,
   latest = mngr.latest_step()
   if latest is None:
     logging.info("No checkpoint in the workdir: initialising from config.seed=%d", config.seed)
-    return steps.init_train_state(trainer, mesh, shardings)
+    return finetune.init_train_state(trainer, mesh, shardings)  # Seed init or config.init_from.
   _check_same_model(mngr.directory, latest, config)
   abstract_state = jax.eval_shape(trainer.init_state, abstract_model)
   target = _abstract_with_shardings(abstract_state, shardings)

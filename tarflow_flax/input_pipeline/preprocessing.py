@@ -1,6 +1,7 @@
-"""Decode → resize/crop → flip → label dropout on the host (uint8 images); on the device:
-[-1, 1] and noise (Gaussian or uniform dequantization), drawn from a key folded from
-(seed, global example index), so a batch is the same wherever and whenever it is computed.
+"""Decode → resize/crop → flip → label dropout on the host (uint8 images; with `data.cond_key`,
+the continuous condition → float32 (cond_dim,), dropped to NaN); on the device: [-1, 1] and noise
+(Gaussian or uniform dequantization), drawn from a key folded from (seed, global example index),
+so a batch is the same wherever and whenever it is computed.
 
 Resizing follows the reference loader (torchvision Resize(size) + CenterCrop(size) on PIL images):
 the shorter side is resized to `image_size` with antialiased bilinear filtering, then the centre is
@@ -54,6 +55,10 @@ class Preprocessor:
     self.channels = config.model.in_channels
     self.data = config.data
     self.conditional = config.model.num_classes > 0
+    self.cond_key, self.cond_dim = config.data.cond_key, config.model.cond_dim
+    if self.cond_key and self.cond_key not in info.features:
+      raise ValueError(f"config.data.cond_key={self.cond_key!r}: {config.data.name} has no such "
+                       f"feature (it has {sorted(info.features.keys())})")
     shape = info.features["image"].shape
     self.source_channels = shape[-1] if shape and shape[-1] else 3
     if self.source_channels not in (1, self.channels):
@@ -87,8 +92,21 @@ class Preprocessor:
     if self.conditional and rng.random() < self.data.drop_label:
       label = np.int32(-1)
     # uint32: the noise stream repeats after 2^32 examples (thousands of ImageNet epochs).
-    return {"image": np.ascontiguousarray(image), "label": label,
-            "index": np.uint32(index % 2**32)}
+    out = {"image": np.ascontiguousarray(image), "label": label,
+           "index": np.uint32(index % 2**32)}
+    if self.cond_key:
+      out["cond"] = self.continuous_condition(example)
+      if rng.random() < self.data.drop_label:  # NaN selects the model's null embedding.
+        out["cond"] = np.full_like(out["cond"], np.nan)
+    return out
+
+  def continuous_condition(self, example) -> np.ndarray:
+    """The example's `cond_key` feature as float32 (cond_dim,)."""
+    value = np.asarray(example[self.cond_key], np.float32).reshape(-1)
+    if value.shape != (self.cond_dim,):
+      raise ValueError(f"config.data.cond_key={self.cond_key!r} has {value.size} values per "
+                       f"example, config.model.cond_dim={self.cond_dim}")
+    return value
 
 
 def noised_images(images_uint8, indices, *, seed: int, noise_type: str, noise_std: float):

@@ -6,6 +6,14 @@ Forward (density), in the block's token order (identity, or flipped for odd bloc
 so token t's transform depends only on tokens < t, and token 0 passes through. The inverse is
 sequential over tokens: x[t+1] = z[t+1] · exp(a_t) + b_t, with a_t, b_t computed from x[<=t] by
 feeding one token at a time through a KV cache (SEMANTICS.md §3, §6, §8).
+
+Two optional features beyond the reference (both off by default, adding no parameters and no ops):
+- AdaLN conditioning (`cond_dim` > 0): a continuous vector y_cont (N, cond_dim) is embedded
+  (Linear + SiLU) and drives a zero-initialised scale and shift of every LayerNorm. A row of NaNs
+  (or y_cont=None) selects a learned null embedding instead: the "unconditional" input that
+  condition dropout trains and classifier-free guidance contrasts against.
+- Soft-clipped log-scales (`soft_clip` = c > 0): a ← c·tanh(a/c), applied where (a, b) are made,
+  so the forward, its log-det and every inverse use the same bounded a.
 """
 
 from __future__ import annotations
@@ -25,13 +33,15 @@ class FlowBlock(nnx.Module):
 
   def __init__(self, *, token_dim: int, num_tokens: int, channels: int, num_layers: int,
                nvp: bool, num_classes: int, flip: bool, dtype, remat: bool = False,
-               scan_layers: bool = True, rngs: nnx.Rngs):
+               scan_layers: bool = True, cond_dim: int = 0, soft_clip: float = 0.0,
+               rngs: nnx.Rngs):
     self.token_dim = token_dim
     self.nvp = nvp
     self.flip = flip
     self.dtype = dtype
     self.remat = remat
     self.scan_layers = scan_layers
+    self.soft_clip = float(soft_clip)
     embed_init = jax.nn.initializers.normal(EMBED_INIT_STD)
     self.proj_in = transformer.linear(token_dim, channels, ("patch", "embed"), dtype=dtype,
                                       rngs=rngs)
@@ -41,10 +51,20 @@ class FlowBlock(nnx.Module):
     if num_classes:
       self.class_embed = nnx.Param(embed_init(rngs.params(), (num_classes, channels)),
                                    out_sharding=("classes", "embed"))
-    self.layers = transformer.make_layer_stack(num_layers, channels, dtype=dtype, rngs=rngs)
-    # Zero-initialised so that a fresh flow is the identity (as the reference).
+    self.cond_embed = nnx.data(None)
+    self.cond_null = nnx.data(None)
+    if cond_dim:
+      self.cond_embed = transformer.linear(cond_dim, channels, ("cond", "embed"), dtype=dtype,
+                                           rngs=rngs)
+      # Learned rather than a zero y_cont: 0 is a valid (e.g. average) feature value.
+      self.cond_null = nnx.Param(embed_init(rngs.params(), (channels,)),
+                                 out_sharding=("embed",))
+    self.layers = transformer.make_layer_stack(num_layers, channels, dtype=dtype,
+                                               adaln=bool(cond_dim), rngs=rngs)
+    # As the reference: weight zero, bias torch's default U(±1/√channels). A fresh flow is thus
+    # a small fixed affine map per token, not the identity.
     self.proj_out = transformer.linear(channels, token_dim * (2 if nvp else 1),
-                                       ("embed", "patch"), dtype=dtype, zero_init=True,
+                                       ("embed", "patch"), dtype=dtype, zero_kernel=True,
                                        rngs=rngs)
 
   @property
@@ -66,6 +86,22 @@ class FlowBlock(nnx.Module):
     rows = jnp.take(table, jnp.maximum(y, 0), axis=0)
     return jnp.where((y < 0)[:, None], mean, rows)[:, None, :]
 
+  def adaln_embedding(self, y_cont, batch: int):
+    """(N, C) float32 AdaLN conditioning vector, or None without AdaLN.
+
+    y_cont: (N, cond_dim); None, or a row containing NaN, gives the learned null embedding.
+    """
+    if self.cond_embed is None:
+      return None
+    null = jnp.broadcast_to(self.cond_null[...], (batch, self.cond_null.shape[0]))
+    if y_cont is None:
+      return null
+    y_cont = jnp.asarray(y_cont, jnp.float32)
+    dropped = jnp.any(jnp.isnan(y_cont), axis=-1, keepdims=True)
+    # Zero the NaNs before the matmul: NaN·0 in its backward pass would poison the gradients.
+    h = self.cond_embed(jnp.where(dropped, 0.0, y_cont).astype(self.dtype))
+    return jnp.where(dropped, null, jax.nn.silu(h.astype(jnp.float32)))
+
   def embed(self, tokens, pos, cond):
     """proj_in + position (+ class) embedding, in float32."""
     h = self.proj_in(tokens.astype(self.dtype)).astype(jnp.float32) + pos
@@ -74,56 +110,66 @@ class FlowBlock(nnx.Module):
   def split_params(self, out):
     """proj_out output → (log-scale a, shift b), float32."""
     out = out.astype(jnp.float32)
-    if self.nvp:
-      return out[..., :self.token_dim], out[..., self.token_dim:]
-    return jnp.zeros_like(out), out
+    if not self.nvp:
+      return jnp.zeros_like(out), out
+    a, b = out[..., :self.token_dim], out[..., self.token_dim:]
+    if self.soft_clip:
+      a = self.soft_clip * jnp.tanh(a / self.soft_clip)
+    return a, b
 
-  def sampling_conditioning(self, y, batch: int, guided: bool, attn_temp):
-    """(class embedding, attention temperature) of a sampling pass. Guided: the batch doubles to
-    [conditional (temperature 1) | unconditional (mean embedding, temperature attn_temp)]."""
+  def sampling_conditioning(self, y, batch: int, guided: bool, attn_temp, y_cont=None):
+    """(class embedding, AdaLN vector, attention temperature) of a sampling pass. Guided: the
+    batch doubles to [conditional (temperature 1) | unconditional (mean class embedding, null
+    AdaLN embedding, temperature attn_temp)]."""
     cond = self.class_embedding(y, batch)
+    adaln = self.adaln_embedding(y_cont, batch)
     if not guided:
-      return cond, jnp.float32(1.0)
+      return cond, adaln, jnp.float32(1.0)
     uncond = self.class_embedding(None, batch)
     cond = None if cond is None else jnp.concatenate([cond, uncond])
+    if adaln is not None:
+      adaln = jnp.concatenate([adaln, self.adaln_embedding(None, batch)])
     temperature = jnp.concatenate([jnp.ones((batch,), jnp.float32),
                                    jnp.full((batch,), attn_temp, jnp.float32)])
-    return cond, temperature
+    return cond, adaln, temperature
 
-  def transform_params(self, x_perm, cond, temperature=1.0):
+  def transform_params(self, x_perm, cond, temperature=1.0, adaln=None):
     """(a, b) for every token of `x_perm` (block order), shifted so token t sees tokens < t.
 
-    cond: (N, 1, C) class embedding or None; temperature: attention temperature, scalar or (N,).
+    cond: (N, 1, C) class embedding or None; temperature: attention temperature, scalar or (N,);
+    adaln: (N, C) AdaLN conditioning vector or None.
     """
     pos = self.permute(self.pos_embed[...][None])
     h = self.embed(x_perm, pos, cond)
     h = transformer.apply_layer_stack(self.layers, h, temperature, remat=self.remat,
-                                      scan=self.scan_layers)
+                                      scan=self.scan_layers, cond=adaln)
     out = self.proj_out(h.astype(self.dtype))
     out = jnp.concatenate([jnp.zeros_like(out[:, :1]), out[:, :-1]], axis=1)
     return self.split_params(out)
 
-  def __call__(self, x, y=None):
+  def __call__(self, x, y=None, y_cont=None):
     """x: (N, T, Cp) in image token order → (z in image token order, logdet (N,))."""
     x_perm = self.permute(x)
-    a, b = self.transform_params(x_perm, self.class_embedding(y, x.shape[0]))
+    a, b = self.transform_params(x_perm, self.class_embedding(y, x.shape[0]),
+                                 adaln=self.adaln_embedding(y_cont, x.shape[0]))
     z = (x_perm - b) * jnp.exp(-a)
     return self.permute(z), -jnp.mean(a, axis=(1, 2))
 
   def reverse(self, z, y=None, *, guidance_weights=None, guide_what: str = "ab",
-              attn_temp=1.0):
+              attn_temp=1.0, y_cont=None):
     """Exact sequential inverse of `__call__` with a KV cache (no Python loop over tokens).
 
     guidance_weights: None (no guidance) or a (T-1,) float32 array, the guidance weight at each
     step (constant, or annealed as (i+1)/(T-1)·w). With guidance, a second, unconditional pass
-    (mean class embedding, attention temperature `attn_temp`) runs batched with the conditional
-    one and `a`/`b` are pushed away from it as `guide_what` says.
+    (mean class embedding, null AdaLN embedding, attention temperature `attn_temp`) runs batched
+    with the conditional one and `a`/`b` are pushed away from it as `guide_what` says (after the
+    soft clip of each pass: guidance extrapolates the model's outputs).
     """
     n, t, _ = z.shape
     guided = guidance_weights is not None
     x = self.permute(z.astype(jnp.float32))
     pos = self.permute(self.pos_embed[...][None])
-    cond, temperature = self.sampling_conditioning(y, n, guided, attn_temp)
+    cond, adaln, temperature = self.sampling_conditioning(y, n, guided, attn_temp, y_cont)
     cache = transformer.KVCache.zeros(self.num_layers, (2 if guided else 1) * n, t,
                                       pos.shape[-1], self.dtype)
 
@@ -133,7 +179,7 @@ class FlowBlock(nnx.Module):
       if guided:
         token = jnp.concatenate([token, token])
       h = self.embed(token, jax.lax.dynamic_slice_in_dim(pos, i, 1, axis=1), cond)
-      h, cache = transformer.step_layer_stack(self.layers, h, cache, i, temperature)
+      h, cache = transformer.step_layer_stack(self.layers, h, cache, i, temperature, adaln)
       a, b = self.split_params(self.proj_out(h.astype(self.dtype)))
       if guided:
         a, b = apply_guidance(a, b, guidance_weights[i], guide_what)

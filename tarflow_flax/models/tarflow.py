@@ -31,16 +31,19 @@ class TarFlow(nnx.Module):
   def __init__(self, *, in_channels: int, img_size: int, patch_size: int, channels: int,
                num_blocks: int, layers_per_block, nvp: bool = True, num_classes: int = 0,
                dtype: str = "float32", remat: bool = False, scan_layers: bool = True,
-               attention: str = "auto", rngs: nnx.Rngs):
+               attention: str = "auto", cond_dim: int = 0, soft_clip: float = 0.0,
+               rngs: nnx.Rngs):
     spec = types.SimpleNamespace(
         in_channels=in_channels, patch_size=patch_size, channels=channels,
         num_blocks=num_blocks, layers_per_block=layers_per_block, nvp=nvp,
-        num_classes=num_classes, dtype=dtype, attention=attention)
+        num_classes=num_classes, dtype=dtype, attention=attention, cond_dim=cond_dim,
+        soft_clip=soft_clip)
     config_lib.validate_model(spec, img_size)
     self.in_channels = in_channels
     self.img_size = img_size
     self.patch_size = patch_size
     self.num_classes = num_classes
+    self.cond_dim = cond_dim
     self.nvp = nvp
     self.num_tokens = (img_size // patch_size)**2
     self.token_dim = in_channels * patch_size**2
@@ -52,7 +55,8 @@ class TarFlow(nnx.Module):
           flow_block.FlowBlock(
               token_dim=self.token_dim, num_tokens=self.num_tokens, channels=channels,
               num_layers=depth, nvp=nvp, num_classes=num_classes, flip=bool(i % 2),
-              dtype=jnp.dtype(dtype), remat=remat, scan_layers=scan_layers, rngs=rngs)
+              dtype=jnp.dtype(dtype), remat=remat, scan_layers=scan_layers, cond_dim=cond_dim,
+              soft_clip=soft_clip, rngs=rngs)
           for i, depth in enumerate(config_lib.block_depths(spec))
       ])
     for _, module in nnx.iter_modules(self):  # The attention kernel is a static attribute.
@@ -88,6 +92,17 @@ class TarFlow(nnx.Module):
         raise ValueError(f"label {int(bad[0])} outside [-1, {self.num_classes}) "
                          "(-1 = dropped label)")
 
+  def check_cond(self, y_cont, batch: int) -> None:
+    """y_cont: None or (batch, cond_dim) (rows of NaN = unconditional); only with cond_dim > 0."""
+    if y_cont is None:
+      return
+    if self.cond_dim == 0:
+      raise ValueError("continuous conditions given to a model without AdaLN (model.cond_dim=0);"
+                       " pass y_cont=None")
+    if jnp.ndim(y_cont) != 2 or tuple(jnp.shape(y_cont)) != (batch, self.cond_dim):
+      raise ValueError(f"expected continuous conditions of shape ({batch}, {self.cond_dim}), got "
+                       f"{tuple(jnp.shape(y_cont))}")
+
   def patchify(self, x):
     """(N, H, W, C) → (N, T, p·p·C), raster over patches, (ph, pw, c) inside a token."""
     self.check_images(x)
@@ -106,17 +121,19 @@ class TarFlow(nnx.Module):
 
   # -- density ---------------------------------------------------------------------------------
 
-  def __call__(self, x, y=None):
+  def __call__(self, x, y=None, y_cont=None):
     """x: (N, H, W, C) → (z (N, T, Cp), logdets (N,), per-block outputs and log-dets).
 
     logdets follow the reference: per-dimension means (−mean of log-scales), summed over blocks.
+    y_cont: (N, cond_dim) AdaLN conditions (models with cond_dim > 0); None = unconditional.
     """
     self.check_labels(y, x.shape[0])
+    self.check_cond(y_cont, x.shape[0])
     h = self.patchify(x).astype(jnp.float32)
     logdets = jnp.zeros((), jnp.float32)
     outputs, block_logdets = [], []
     for block in self.blocks:
-      h, logdet = block(h, y)
+      h, logdet = block(h, y, y_cont)
       logdets = logdets + logdet
       outputs.append(h)
       block_logdets.append(logdet)
@@ -131,36 +148,39 @@ class TarFlow(nnx.Module):
 
   def reverse(self, noise_tokens, y=None, *, guidance: float = 0.0, guide_what: str = "ab",
               attn_temp: float = 1.0, annealed_guidance: bool = False,
-              return_sequence: bool = False):
+              return_sequence: bool = False, y_cont=None):
     """Exact sequential inverse from latent tokens (scaled by √var first) to NHWC images.
 
     return_sequence: also return [unpatchify(noise), after block K−1, …, after block 0].
+    y_cont: AdaLN conditions (N, cond_dim); guidance contrasts them with the null embedding.
     """
     self.check_tokens(noise_tokens)
     self.check_labels(y, noise_tokens.shape[0])
+    self.check_cond(y_cont, noise_tokens.shape[0])
     if guide_what not in ("", "a", "b", "ab"):
       raise ValueError(f"guide_what must be one of '', 'a', 'b', 'ab'; got {guide_what!r}")
     weights = None
     if guidance > 0 and guide_what:
       weights = flow_block.guidance_weights(self.num_tokens, guidance, annealed_guidance)
     x, sequence = _reverse(self, jnp.asarray(noise_tokens, jnp.float32), y, weights,
-                           jnp.float32(attn_temp), guide_what=guide_what)
+                           jnp.float32(attn_temp), y_cont, guide_what=guide_what)
     return (x, sequence) if return_sequence else x
 
-  def reverse_tokens(self, x, y=None, *, guidance_weights=None, guide_what="ab", attn_temp=1.0):
+  def reverse_tokens(self, x, y=None, *, guidance_weights=None, guide_what="ab", attn_temp=1.0,
+                     y_cont=None):
     """Inverts every block (K−1 … 0) from tokens already scaled by √var; traceable."""
     sequence = []
     for block in reversed(self.blocks):
       x = block.reverse(x, y, guidance_weights=guidance_weights, guide_what=guide_what,
-                        attn_temp=attn_temp)
+                        attn_temp=attn_temp, y_cont=y_cont)
       sequence.append(x)
     return x, sequence
 
 
 @functools.partial(nnx.jit, static_argnames=("guide_what",))
-def _reverse(model: TarFlow, noise, y, weights, attn_temp, *, guide_what):
+def _reverse(model: TarFlow, noise, y, weights, attn_temp, y_cont, *, guide_what):
   x = noise * jnp.sqrt(model.var[...])
   x, sequence = model.reverse_tokens(x, y, guidance_weights=weights, guide_what=guide_what,
-                                     attn_temp=attn_temp)
+                                     attn_temp=attn_temp, y_cont=y_cont)
   images = [model.unpatchify(noise)] + [model.unpatchify(s) for s in sequence]
   return model.unpatchify(x), jnp.stack(images)

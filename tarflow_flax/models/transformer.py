@@ -30,12 +30,15 @@ def _torch_default_init(fan_in: int):
 
 
 def linear(in_features: int, out_features: int, axes: tuple[str, str], *, dtype,
-           zero_init: bool = False, rngs: nnx.Rngs) -> nnx.Linear:
-  """A biased Linear: float32 parameters, `dtype` compute, logical axis names, torch init."""
-  init = jax.nn.initializers.zeros if zero_init else _torch_default_init(in_features)
+           zero_kernel: bool = False, zero_bias: bool = False, rngs: nnx.Rngs) -> nnx.Linear:
+  """A biased Linear: float32 parameters, `dtype` compute, logical axis names, torch init
+  (zero_kernel / zero_bias: that parameter starts at zero instead)."""
+  init = _torch_default_init(in_features)
+  zeros = jax.nn.initializers.zeros
   precision = jax.lax.Precision.HIGHEST if dtype == jnp.float32 else None
   return nnx.Linear(in_features, out_features, dtype=dtype, param_dtype=jnp.float32,
-                    precision=precision, kernel_init=init, bias_init=init,
+                    precision=precision, kernel_init=zeros if zero_kernel else init,
+                    bias_init=zeros if zero_bias else init,
                     kernel_metadata={"out_sharding": axes},
                     bias_metadata={"out_sharding": axes[1:]}, rngs=rngs)
 
@@ -46,6 +49,15 @@ def layer_norm(features: int, *, rngs: nnx.Rngs) -> nnx.LayerNorm:
                        param_dtype=jnp.float32, use_fast_variance=False,
                        scale_metadata={"out_sharding": ("norm",)},
                        bias_metadata={"out_sharding": ("norm",)}, rngs=rngs)
+
+
+def modulate(normed, modulation):
+  """AdaLN: LN(x)·(1 + scale) + shift with a per-example (scale, shift), each (N, C) float32;
+  modulation None leaves the LayerNorm output untouched (no extra ops)."""
+  if modulation is None:
+    return normed
+  scale, shift = modulation
+  return normed * (1.0 + scale[:, None, :]) + shift[:, None, :]
 
 
 class KVCache(NamedTuple):
@@ -76,29 +88,29 @@ class Attention(nnx.Module):
     self.proj = linear(channels, channels, ("heads", "embed"), dtype=dtype, rngs=rngs)
     self.implementation = "auto"  # Set from config.model.attention by TarFlow.
 
-  def _qkv(self, x):
+  def _qkv(self, x, modulation=None):
     n, t, c = x.shape
-    h = self.norm(x.astype(jnp.float32)).astype(self.dtype)
+    h = modulate(self.norm(x.astype(jnp.float32)), modulation).astype(self.dtype)
     # Feature layout [q | k | v], each head-major (h·64 + d), as the reference's reshape.
     qkv = self.qkv(h).reshape(n, t, 3, self.num_heads, HEAD_DIM)
     return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
 
-  def __call__(self, x, temperature=1.0):
+  def __call__(self, x, temperature=1.0, modulation=None):
     """Causal attention over the whole sequence (training / density evaluation)."""
-    q, k, v = self._qkv(x)
+    q, k, v = self._qkv(x, modulation)
     q = attention_lib.scaled_query(q, temperature, HEAD_DIM)
     out = attention_lib.causal_attention(q, k, v, self.implementation)
     return self.proj(out.reshape(out.shape[:2] + (-1,)))
 
   def step(self, x, cache: KVCache, layer: int | jax.Array, position: int | jax.Array,
-           temperature=1.0):
+           temperature=1.0, modulation=None):
     """Attends S new tokens at `position`.. to the cached tokens of this layer, causally.
 
     x: (N, S, C) (S = 1 for the sequential sampler, a segment for GS-Jacobi). Writes the tokens'
     keys/values into `cache` at [layer, :, :, position:position+S] (an in-place update when the
     cache is a loop carry); query s sees cached positions <= position + s. Returns (out, cache).
     """
-    q, k, v = (a.transpose(0, 2, 1, 3) for a in self._qkv(x))  # (N, H, S, D)
+    q, k, v = (a.transpose(0, 2, 1, 3) for a in self._qkv(x, modulation))  # (N, H, S, D)
     start = (layer, 0, 0, position, 0)
     cache = KVCache(
         jax.lax.dynamic_update_slice(cache.k, k[None].astype(cache.k.dtype), start),
@@ -123,48 +135,68 @@ class MLP(nnx.Module):
     self.up = linear(channels, 4 * channels, ("embed", "mlp"), dtype=dtype, rngs=rngs)
     self.down = linear(4 * channels, channels, ("mlp", "embed"), dtype=dtype, rngs=rngs)
 
-  def __call__(self, x):
-    h = self.norm(x.astype(jnp.float32)).astype(self.dtype)
+  def __call__(self, x, modulation=None):
+    h = modulate(self.norm(x.astype(jnp.float32)), modulation).astype(self.dtype)
     return self.down(jax.nn.gelu(self.up(h), approximate=False))
 
 
 class TransformerLayer(nnx.Module):
-  """x + Attn(LN(x)), then + MLP(LN(·)); no final norm."""
+  """x + Attn(LN(x)), then + MLP(LN(·)); no final norm.
 
-  def __init__(self, channels: int, *, dtype, rngs: nnx.Rngs):
+  adaln: build the AdaLN projection (C → scale and shift of both LayerNorms) that a conditioning
+  vector `cond` (N, C) drives. Zero-initialised, so a fresh layer ignores `cond`; without it the
+  layer has no extra parameters (reference checkpoints and goldens are unchanged).
+  """
+
+  def __init__(self, channels: int, *, dtype, adaln: bool = False, rngs: nnx.Rngs):
     self.attention = Attention(channels, dtype=dtype, rngs=rngs)
     self.mlp = MLP(channels, dtype=dtype, rngs=rngs)
+    self.adaln = nnx.data(None)
+    if adaln:
+      self.adaln = linear(channels, 4 * channels, ("embed", "adaln"), dtype=dtype,
+                          zero_kernel=True, zero_bias=True, rngs=rngs)
 
-  def __call__(self, x, temperature=1.0):
-    x = x + self.attention(x, temperature)
-    return x + self.mlp(x)
+  def modulations(self, cond):
+    """(attention, MLP) LayerNorm modulations from `cond` (N, C), or (None, None)."""
+    if cond is None or self.adaln is None:
+      return None, None
+    scale1, shift1, scale2, shift2 = jnp.split(self.adaln(cond).astype(jnp.float32), 4, -1)
+    return (scale1, shift1), (scale2, shift2)
 
-  def step(self, x, cache: KVCache, layer, position, temperature=1.0):
-    attn, cache = self.attention.step(x, cache, layer, position, temperature)
+  def __call__(self, x, temperature=1.0, cond=None):
+    attn_mod, mlp_mod = self.modulations(cond)
+    x = x + self.attention(x, temperature, attn_mod)
+    return x + self.mlp(x, mlp_mod)
+
+  def step(self, x, cache: KVCache, layer, position, temperature=1.0, cond=None):
+    attn_mod, mlp_mod = self.modulations(cond)
+    attn, cache = self.attention.step(x, cache, layer, position, temperature, attn_mod)
     x = x + attn
-    return x + self.mlp(x), cache
+    return x + self.mlp(x, mlp_mod), cache
 
 
-def make_layer_stack(num_layers: int, channels: int, *, dtype, rngs: nnx.Rngs):
+def make_layer_stack(num_layers: int, channels: int, *, dtype, adaln: bool = False,
+                     rngs: nnx.Rngs):
   """`num_layers` TransformerLayers with parameters stacked on a leading 'layers' axis."""
 
   @nnx.split_rngs(splits=num_layers)
   @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
   def create(rngs):
-    return TransformerLayer(channels, dtype=dtype, rngs=rngs)
+    return TransformerLayer(channels, dtype=dtype, adaln=adaln, rngs=rngs)
 
   return create(rngs)
 
 
 def apply_layer_stack(layers: TransformerLayer, x, temperature=1.0, *, remat: bool = False,
-                      scan: bool = True):
+                      scan: bool = True, cond=None):
   """Applies stacked layers in order: `nnx.scan` (one compiled layer body) or unrolled.
 
   temperature: attention temperature, a scalar or one per example (N,).
+  cond: AdaLN conditioning vector (N, C) or None.
   """
 
   def body(layer, h):
-    return layer(h, temperature)
+    return layer(h, temperature, cond)
 
   # graph=False (tree mode): the stack is a plain pytree here, which also lets these transforms
   # run inside raw JAX transforms (jax.grad, lax loops) that close over the model.
@@ -179,13 +211,14 @@ def apply_layer_stack(layers: TransformerLayer, x, temperature=1.0, *, remat: bo
   return x
 
 
-def step_layer_stack(layers: TransformerLayer, x, cache: KVCache, position, temperature=1.0):
+def step_layer_stack(layers: TransformerLayer, x, cache: KVCache, position, temperature=1.0,
+                     cond=None):
   """Tokens at `position`.. through all stacked layers, writing their keys/values into `cache`."""
   num_layers = cache.k.shape[0]
 
   def body(layer, index, carry):
     h, cache = carry
-    return layer.step(h, cache, index, position, temperature)
+    return layer.step(h, cache, index, position, temperature, cond)
 
   return nnx.scan(body, in_axes=(0, 0, nnx.Carry), out_axes=nnx.Carry, graph=False)(
       layers, jnp.arange(num_layers), (x, cache))

@@ -27,9 +27,9 @@ DEFAULT_GS_SEGMENTS = 8
 
 
 @functools.partial(nnx.jit, static_argnames=("plans", "guide_what"))
-def _parallel(model, noise, y, weights, attn_temp, tol, *, plans, guide_what):
+def _parallel(model, noise, y, weights, attn_temp, tol, y_cont, *, plans, guide_what):
   tokens, counts = jacobi.invert(model, noise, y, plans, tol=tol, guidance_weights=weights,
-                                 guide_what=guide_what, attn_temp=attn_temp)
+                                 guide_what=guide_what, attn_temp=attn_temp, y_cont=y_cont)
   return model.unpatchify(tokens), counts
 
 
@@ -48,13 +48,13 @@ def plans_for(model, method: str, *, max_iters=None, num_segments=None, init="la
 
 
 def run_plans(model, noise_tokens, y, plans, *, guidance=0.0, guide_what="ab", attn_temp=1.0,
-              annealed_guidance=False, tol=DEFAULT_TOL):
+              annealed_guidance=False, tol=DEFAULT_TOL, y_cont=None):
   """Parallel inverse with explicit per-block plans → (images, iterations per block)."""
   weights = None
   if guidance > 0 and guide_what:
     weights = flow_block.guidance_weights(model.num_tokens, guidance, annealed_guidance)
   images, counts = _parallel(model, jnp.asarray(noise_tokens, jnp.float32), y, weights,
-                             jnp.float32(attn_temp), jnp.float32(tol), plans=tuple(plans),
+                             jnp.float32(attn_temp), jnp.float32(tol), y_cont, plans=tuple(plans),
                              guide_what=guide_what)
   return images, [[int(c) for c in jax.device_get(count)] for count in counts]
 
@@ -62,7 +62,7 @@ def run_plans(model, noise_tokens, y, plans, *, guidance=0.0, guide_what="ab", a
 def sample(model, noise_tokens, y=None, *, method: str = "sequential", guidance: float = 0.0,
            guide_what: str = "ab", attn_temp: float = 1.0, annealed_guidance: bool = False,
            denoise_std: float | None = None, tol: float = DEFAULT_TOL, max_iters=None,
-           **method_options):
+           y_cont=None, **method_options):
   """Samples NHWC images from latent tokens → (images, info).
 
   info: 'method', 'seconds', and for the parallel methods 'iterations' (total sweeps per block,
@@ -72,11 +72,13 @@ def sample(model, noise_tokens, y=None, *, method: str = "sequential", guidance:
   max_deviation, calibration_size, repeats), or 'calibration': a stored info['calibration'] (JSON)
   whose plans and tol are reused without calibrating again.
   denoise_std: apply the score-based denoising step with this noise level.
+  y_cont: (N, cond_dim) AdaLN conditions (None: the null embedding), guided like the labels.
   """
   if method not in METHODS:
     raise ValueError(f"method must be one of {METHODS}, got {method!r}")
   model.check_tokens(noise_tokens)
   model.check_labels(y, noise_tokens.shape[0])
+  model.check_cond(y_cont, noise_tokens.shape[0])
   if guide_what not in ("", "a", "b", "ab"):
     raise ValueError(f"guide_what must be one of '', 'a', 'b', 'ab'; got {guide_what!r}")
   guidance_kwargs = dict(guidance=guidance, guide_what=guide_what, attn_temp=attn_temp,
@@ -84,7 +86,7 @@ def sample(model, noise_tokens, y=None, *, method: str = "sequential", guidance:
   start = time.perf_counter()
   info = {"method": method}
   if method == "sequential":
-    images = model.reverse(noise_tokens, y, **guidance_kwargs)
+    images = model.reverse(noise_tokens, y, y_cont=y_cont, **guidance_kwargs)
   else:
     plans = method_options.pop("plans", None)
     if plans and isinstance(plans[0], dict):  # Stored with strategy.plans_to_json.
@@ -95,15 +97,17 @@ def sample(model, noise_tokens, y=None, *, method: str = "sequential", guidance:
       info["calibration"] = calibration
     elif plans is None and method == "auto":
       plans, info["calibration"] = strategy.calibrate(model, noise_tokens, y, tol=tol,
-                                                      **guidance_kwargs, **method_options)
+                                                      y_cont=y_cont, **guidance_kwargs,
+                                                      **method_options)
       tol = info["calibration"]["tol"]
     elif plans is None:
       plans = plans_for(model, method, max_iters=max_iters, **method_options)
-    images, counts = run_plans(model, noise_tokens, y, plans, tol=tol, **guidance_kwargs)
+    images, counts = run_plans(model, noise_tokens, y, plans, tol=tol, y_cont=y_cont,
+                               **guidance_kwargs)
     info.update(plans=plans, segment_iterations=counts,
                 iterations=[sum(c) for c in counts])
   if denoise_std:
-    images = denoise(model, images, y, denoise_std)
+    images = denoise(model, images, y, denoise_std, y_cont=y_cont)
   images = jax.block_until_ready(images)
   info["seconds"] = time.perf_counter() - start
   return images, info

@@ -31,6 +31,13 @@ def class_labels(num_classes: int, start: int, count: int, classes=None) -> np.n
   return pool[np.arange(start, start + count) % len(pool)]
 
 
+def conditions(vectors, start: int, count: int) -> np.ndarray | None:
+  """AdaLN conditions of samples start..start+count−1: the (V, cond_dim) `vectors` cycled."""
+  if vectors is None:
+    return None
+  return np.asarray(vectors, np.float32)[np.arange(start, start + count) % len(vectors)]
+
+
 def padded_size(count: int, mesh) -> int:
   """The smallest batch >= count that the mesh's data-parallel devices divide."""
   devices = sharding.data_parallel_size(mesh)
@@ -51,17 +58,19 @@ def local_rows(array: jax.Array) -> int:
 
 
 def generate(model, mesh, *, seed: int, start: int, count: int, batch: int, classes=None,
-             **sample_options) -> tuple[np.ndarray, np.ndarray | None, dict]:
+             cond=None, **sample_options) -> tuple[np.ndarray, np.ndarray | None, dict]:
   """Samples start..start+count−1 (count <= batch) → (float NHWC images in [-1, 1] on every host,
-  labels, the sampler's info). `sample_options`: those of `sampling.sample` (method, guidance,
-  denoise_std, …)."""
+  labels, the sampler's info). cond: AdaLN condition vectors (V, cond_dim), cycled over the
+  samples. `sample_options`: those of `sampling.sample` (method, guidance, denoise_std, …)."""
   from tarflow_flax.sampling import api  # pylint: disable=g-import-not-at-top
   noise = global_batch(latents(seed, start, count, model.num_tokens, model.token_dim), batch,
                        sharding.batch_sharding(mesh))
   labels = class_labels(model.num_classes, start, count, classes)
   # Labels stay replicated: small, and the model checks their range on the host.
   y = None if labels is None else global_batch(labels, batch, sharding.replicated(mesh))
-  images, info = api.sample(model, noise, y, **sample_options)
+  values = conditions(cond, start, count)
+  y_cont = None if values is None else global_batch(values, batch, sharding.replicated(mesh))
+  images, info = api.sample(model, noise, y, y_cont=y_cont, **sample_options)
   info = {**info, "local_rows": local_rows(images)}
   # Gather to every host (rows may live on devices of other processes).
   images = jax.jit(lambda x: x, out_shardings=sharding.replicated(mesh))(images)

@@ -10,31 +10,34 @@ from tarflow_flax import losses
 
 
 @nnx.jit
-def _denoise_batch(model, x, y, noise_std):
+def _denoise_batch(model, x, y, noise_std, y_cont):
   """x − lr·∇ₓ loss with lr = n·D·σ²; the loss is a mean over n·D elements, so this is
   x + σ²·∇ₓ log p(x) per image, computed in the reference's order of operations."""
 
   def loss_fn(x):
-    z, logdets, _ = model(x, y)
+    z, logdets, _ = model(x, y, y_cont)
     return losses.nll_loss(z, logdets)
 
   step_size = x.size * noise_std**2  # n·H·W·C·σ²
   return x - step_size * jax.grad(loss_fn)(x)
 
 
-def denoise(model, x_nhwc, y=None, noise_std: float = 0.05, *, batch_size: int | None = None):
+def denoise(model, x_nhwc, y=None, noise_std: float = 0.05, *, batch_size: int | None = None,
+            y_cont=None):
   """Denoises NHWC samples in sub-batches of `batch_size` (default: all at once) to bound memory.
 
-  Labels as used for sampling (y=None: unconditional / mean class embedding).
+  Labels and continuous conditions as used for sampling (None: unconditional).
   """
   x_nhwc = jnp.asarray(x_nhwc, jnp.float32)
   model.check_images(x_nhwc)
   n = x_nhwc.shape[0]
   model.check_labels(y, n)
+  model.check_cond(y_cont, n)
   batch_size = batch_size or n
   noise_std = jnp.float32(noise_std)
   out = []
   for start in range(0, n, batch_size):
     sub_y = None if y is None else jnp.asarray(y)[start:start + batch_size]
-    out.append(_denoise_batch(model, x_nhwc[start:start + batch_size], sub_y, noise_std))
+    sub_c = None if y_cont is None else jnp.asarray(y_cont)[start:start + batch_size]
+    out.append(_denoise_batch(model, x_nhwc[start:start + batch_size], sub_y, noise_std, sub_c))
   return jnp.concatenate(out) if len(out) > 1 else out[0]

@@ -63,7 +63,7 @@ class BlockPlan:
 
 
 def invert_block(block: flow_block.FlowBlock, z, y, plan: BlockPlan, *, tol: float,
-                 guidance_weights=None, guide_what: str = "ab", attn_temp=1.0):
+                 guidance_weights=None, guide_what: str = "ab", attn_temp=1.0, y_cont=None):
   """Inverts `block` (image token order in and out) by GS-Jacobi; traceable.
 
   Returns (x, iterations per segment (num_segments,) int32).
@@ -74,12 +74,12 @@ def invert_block(block: flow_block.FlowBlock, z, y, plan: BlockPlan, *, tol: flo
     # One token per segment is the sequential inverse: run its single fori_loop rather than
     # T−1 separately compiled while loops.
     x = block.reverse(z, y, guidance_weights=guidance_weights, guide_what=guide_what,
-                      attn_temp=attn_temp)
+                      attn_temp=attn_temp, y_cont=y_cont)
     return x, jnp.ones((t - 1,), jnp.int32)
   guided = guidance_weights is not None
   z_perm = block.permute(z.astype(jnp.float32))
   pos = block.permute(block.pos_embed[...][None])
-  cond, temperature = block.sampling_conditioning(y, n, guided, attn_temp)
+  cond, adaln, temperature = block.sampling_conditioning(y, n, guided, attn_temp, y_cont)
   if guided:  # Weight for the update of token i+1 is guidance_weights[i]; pad token 0.
     weights = jnp.concatenate([jnp.zeros((1,), jnp.float32), guidance_weights])
   x = z_perm if plan.init == "latent" else jnp.zeros_like(z_perm).at[:, 0].set(z_perm[:, 0])
@@ -95,7 +95,8 @@ def invert_block(block: flow_block.FlowBlock, z, y, plan: BlockPlan, *, tol: flo
       if guided:
         inputs = jnp.concatenate([inputs, inputs])
       h = block.embed(inputs, pos_seg, cond)
-      h, cache = transformer.step_layer_stack(block.layers, h, cache, s0 - 1, temperature)
+      h, cache = transformer.step_layer_stack(block.layers, h, cache, s0 - 1, temperature,
+                                              adaln)
       a, b = block.split_params(block.proj_out(h.astype(block.dtype)))
       if guided:
         a, b = flow_block.apply_guidance(a, b, weights[s0:s1][None, :, None], guide_what)
@@ -122,12 +123,12 @@ def invert_block(block: flow_block.FlowBlock, z, y, plan: BlockPlan, *, tol: flo
 
 
 def invert(model, noise_tokens, y, plans: Sequence[BlockPlan], *, tol: float,
-           guidance_weights=None, guide_what: str = "ab", attn_temp=1.0):
+           guidance_weights=None, guide_what: str = "ab", attn_temp=1.0, y_cont=None):
   """All blocks (sampling order K−1 … 0) from √var-scaled noise; returns (tokens, [counts])."""
   x = noise_tokens * jnp.sqrt(model.var[...])
   counts = []
   for block, plan in zip(reversed(model.blocks), plans):
     x, count = invert_block(block, x, y, plan, tol=tol, guidance_weights=guidance_weights,
-                            guide_what=guide_what, attn_temp=attn_temp)
+                            guide_what=guide_what, attn_temp=attn_temp, y_cont=y_cont)
     counts.append(count)
   return x, counts

@@ -37,9 +37,9 @@ DEFAULT_CANDIDATES = (1, 4, 16, -1)  # -1: one segment per token (sequential).
 
 
 @functools.partial(nnx.jit, static_argnames=("plan", "guide_what"))
-def _invert_one(block, z, y, weights, attn_temp, tol, *, plan, guide_what):
+def _invert_one(block, z, y, weights, attn_temp, tol, y_cont, *, plan, guide_what):
   return jacobi.invert_block(block, z, y, plan, tol=tol, guidance_weights=weights,
-                             guide_what=guide_what, attn_temp=attn_temp)
+                             guide_what=guide_what, attn_temp=attn_temp, y_cont=y_cont)
 
 
 def _relative(a, b) -> float:
@@ -56,7 +56,7 @@ def calibrate(model, noise_tokens, y=None, *, tol: float, guidance: float = 0.0,
               guide_what: str = "ab", attn_temp: float = 1.0, annealed_guidance: bool = False,
               max_deviation: float = 1e-3, calibration_size: int = 4,
               candidate_segments=DEFAULT_CANDIDATES, init: str | None = None,
-              repeats: int = 3, reject_saturated: bool = True):
+              repeats: int = 3, reject_saturated: bool = True, y_cont=None):
   """→ (plans per block in sampling order, report).
 
   The report is JSON-serialisable: 'tol' (the tolerance to sample with), 'plans'
@@ -71,13 +71,14 @@ def calibrate(model, noise_tokens, y=None, *, tol: float, guidance: float = 0.0,
   n = min(calibration_size, noise_tokens.shape[0])
   noise = jnp.asarray(noise_tokens[:n], jnp.float32)
   y_cal = None if y is None else jnp.asarray(y)[:n]
+  c_cal = None if y_cont is None else jnp.asarray(y_cont)[:n]
   t = model.num_tokens
   weights = None
   if guidance > 0 and guide_what:
     weights = flow_block.guidance_weights(t, guidance, annealed_guidance)
   kwargs = dict(guidance=guidance, guide_what=guide_what, attn_temp=attn_temp,
                 annealed_guidance=annealed_guidance)
-  exact, sequence = model.reverse(noise, y_cal, return_sequence=True, **kwargs)
+  exact, sequence = model.reverse(noise, y_cal, return_sequence=True, y_cont=c_cal, **kwargs)
   # sequence[0] is the unscaled noise; block inputs in sampling order are √var·noise, then
   # the outputs of the previous blocks.
   inputs = [noise * jnp.sqrt(model.var[...])] + [model.patchify(s) for s in sequence[1:-1]]
@@ -85,7 +86,7 @@ def calibrate(model, noise_tokens, y=None, *, tol: float, guidance: float = 0.0,
   plans, chosen = [], []
   for block, block_in, block_out in zip(reversed(model.blocks), inputs, outputs):
     block_init = init or _closer_guess(block_in, block_out)
-    args = (block, block_in, y_cal, weights, jnp.float32(attn_temp), jnp.float32(tol))
+    args = (block, block_in, y_cal, weights, jnp.float32(attn_temp), jnp.float32(tol), c_cal)
     timed, rejected = [], []
     for segments in candidate_segments:
       plan = jacobi.BlockPlan.uniform(t, t - 1 if segments == -1 else segments,
@@ -115,7 +116,7 @@ def calibrate(model, noise_tokens, y=None, *, tol: float, guidance: float = 0.0,
 
   attempt_tol = tol
   for attempt in range(4):
-    images, _ = api.run_plans(model, noise, y_cal, plans, tol=attempt_tol, **kwargs)
+    images, _ = api.run_plans(model, noise, y_cal, plans, tol=attempt_tol, y_cont=c_cal, **kwargs)
     deviation = _relative(images, exact)
     if deviation <= max_deviation:
       break

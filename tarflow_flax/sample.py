@@ -57,22 +57,6 @@ def shard_path(outdir, index: int):
   return outdir / f"shard_{index:05d}.npz"
 
 
-def parse_cond(values, cond_dim: int) -> np.ndarray | None:
-  """--cond values → (V, cond_dim) float32 vectors, or None (unconditional)."""
-  if not values:
-    return None
-  if not cond_dim:
-    raise ValueError("--cond given, but the model has no continuous conditioning "
-                     "(model.cond_dim=0)")
-  try:
-    flat = np.asarray([float(v) for v in values], np.float32)
-  except ValueError as e:
-    raise ValueError(f"--cond: {e}") from e
-  if flat.size % cond_dim:
-    raise ValueError(f"--cond has {flat.size} values: not a multiple of model.cond_dim={cond_dim}")
-  return flat.reshape(-1, cond_dim)
-
-
 def progress_bar(done: int, total: int, width: int = 30) -> str:
   filled = width * done // max(total, 1)
   return f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} images"
@@ -143,7 +127,7 @@ def run(config, root) -> int:
   denoise_std = config.data.noise_std if denoise and config.data.noise_type == "gaussian" else None
   classes = [int(c) for c in _CLASSES.value] if _CLASSES.value else None
   outdir = runtime.path(_OUTDIR.value)
-  cond = parse_cond(_COND.value, config.model.cond_dim)
+  cond = batches.parse_cond(_COND.value, config.model.cond_dim)
   settings = {"config": json.loads(config.to_json()), "step": meta["step"],
               "weights": meta["weights"], "method": _METHOD.value, "tol": _TOL.value,
               "seed": _SEED.value, "shard_size": _SHARD.value, "classes": classes,

@@ -189,12 +189,12 @@ def test_config_validation(overrides, match):
 
 
 def test_sample_job_parses_condition_values():
-  from tarflow_flax import sample  # pylint: disable=g-import-not-at-top
-  vectors = sample.parse_cond(["1", "-0.5", "2", "0"], cond_dim=2)
+  from tarflow_flax.sampling import batches  # pylint: disable=g-import-not-at-top
+  vectors = batches.parse_cond(["1", "-0.5", "2", "0"], cond_dim=2)
   np.testing.assert_array_equal(vectors, [[1.0, -0.5], [2.0, 0.0]])
-  np.testing.assert_array_equal(sample.shard_cond(vectors, 1, 3), [[2, 0], [1, -0.5], [2, 0]])
-  assert sample.parse_cond(None, cond_dim=2) is None
+  np.testing.assert_array_equal(batches.conditions(vectors, 1, 3), [[2, 0], [1, -0.5], [2, 0]])
+  assert batches.parse_cond(None, cond_dim=2) is None
   with pytest.raises(ValueError, match="not a multiple of model.cond_dim=2"):
-    sample.parse_cond(["1", "2", "3"], cond_dim=2)
+    batches.parse_cond(["1", "2", "3"], cond_dim=2)
   with pytest.raises(ValueError, match=r"model\.cond_dim=0"):
-    sample.parse_cond(["1"], cond_dim=0)
+    batches.parse_cond(["1"], cond_dim=0)

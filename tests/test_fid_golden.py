@@ -138,8 +138,7 @@ def test_reference_stats_file_round_trip(tmp_path, expected_stats, weights):
   fid.save_statistics(str(path), real, inception_state=weights[1])
   with open(_golden("fid_stats_format.json")) as f:
     layout = json.load(f)["keys_in_order"]
-  with open(path, "rb") as f:
-    state = torch_io.load_torch_state_dict(f)
+  state = torch_io.load_torch_state_dict(path)
   assert [k for k in state] == [item["key"] for item in layout]
   for item in layout:
     assert list(state[item["key"]].shape) == item["shape"], item["key"]

@@ -12,8 +12,9 @@ def test_two_micro_batches_equal_one_pass_over_the_global_batch():
                           "image_size": 8, "model.patch_size": 2})
   mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
   rng = np.random.default_rng(0)
-  batches = [{"image": rng.uniform(-1, 1, (8, 8, 8, 1)).astype(np.float32),
-              "label": np.zeros((8,), np.int32)} for _ in range(2)]
+  batches = [{"image": rng.integers(0, 256, (8, 8, 8, 1), dtype=np.uint8),
+              "label": np.zeros((8,), np.int32),
+              "index": np.arange(8 * i, 8 * i + 8, dtype=np.uint32)} for i in range(2)]
   initial, runs = None, []
   for k in (1, 2):
     config.grad_accum_steps = k

@@ -244,12 +244,11 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
   path = epath.Path(path)
   if not path.exists():
     raise FileNotFoundError(f"no FID Inception weights at {path}")
-  with path.open("rb") as f:
-    if path.suffix == ".npz":
-      with np.load(f) as d:
-        state = {k: d[k] for k in d.files}
-    else:
-      state = torch_io.load_torch_state_dict(f)
+  if path.suffix == ".npz":
+    with path.open("rb") as f, np.load(f) as d:
+      state = {k: d[k] for k in d.files}
+  else:
+    state = torch_io.load_torch_state_dict(path)
   nested = {k[len(STATS_FILE_PREFIX):]: v for k, v in state.items()
             if k.startswith(STATS_FILE_PREFIX)}
   return nested or state

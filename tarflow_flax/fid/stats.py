@@ -91,11 +91,10 @@ def load_statistics(path: str) -> Statistics:
   if not p.exists():
     raise FileNotFoundError(f"no FID statistics at {path} (make them with "
                             "`python -m tarflow_flax.evaluate --metric=fid_stats ...`)")
-  with p.open("rb") as f:
-    if p.suffix == ".pth":
-      return _from_reference_pth(torch_io.load_torch_state_dict(f), path)
-    with np.load(f) as d:
-      return _from_npz(d, path)
+  if p.suffix == ".pth":
+    return _from_reference_pth(torch_io.load_torch_state_dict(p), path)
+  with p.open("rb") as f, np.load(f) as d:
+    return _from_npz(d, path)
 
 
 def reference_state_dict(stats: Statistics, inception_state: dict | None) -> dict:

@@ -31,6 +31,22 @@ def class_labels(num_classes: int, start: int, count: int, classes=None) -> np.n
   return pool[np.arange(start, start + count) % len(pool)]
 
 
+def parse_cond(values, cond_dim: int) -> np.ndarray | None:
+  """--cond values → (V, cond_dim) float32 vectors, or None (unconditional)."""
+  if not values:
+    return None
+  if not cond_dim:
+    raise ValueError("--cond given, but the model has no continuous conditioning "
+                     "(model.cond_dim=0)")
+  try:
+    flat = np.asarray([float(v) for v in values], np.float32)
+  except ValueError as e:
+    raise ValueError(f"--cond: {e}") from e
+  if flat.size % cond_dim:
+    raise ValueError(f"--cond has {flat.size} values: not a multiple of model.cond_dim={cond_dim}")
+  return flat.reshape(-1, cond_dim)
+
+
 def conditions(vectors, start: int, count: int) -> np.ndarray | None:
   """AdaLN conditions of samples start..start+count−1: the (V, cond_dim) `vectors` cycled."""
   if vectors is None:

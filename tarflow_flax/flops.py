@@ -84,8 +84,12 @@ def num_params(config) -> int:
   m = config.model
   tokens, token_dim, c, out_dim = _dims(config)
   per_layer = 2 * 2 * c + (3 * c * c + 3 * c) + (c * c + c) + (4 * c * c + 4 * c) + (4 * c * c + c)
+  if m.cond_dim:  # AdaLN: a C → 4C Linear per layer (scale and shift of both LayerNorms).
+    per_layer += 4 * c * c + 4 * c
   total = 0
   for depth in config_lib.block_depths(m):
     total += token_dim * c + c + tokens * c + m.num_classes * c + c * out_dim + out_dim
+    if m.cond_dim:  # The condition's embedding Linear and the learned null embedding.
+      total += m.cond_dim * c + c + c
     total += depth * per_layer
   return total

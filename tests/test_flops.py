@@ -76,3 +76,12 @@ def test_block_step_flops_match_one_layer_by_hand():
   assert one_token == by_hand
   assert flops.block_step_flops(c, 2, 8) == 8 * (2 * by_hand - 2 * token_dim * c_width -
                                                  4 * token_dim * c_width)
+
+
+def test_parameter_count_includes_adaln():
+  from conftest import tiny_config  # pylint: disable=g-import-not-at-top
+  for cond_dim in (0, 3):
+    config = tiny_config(**{"model.cond_dim": cond_dim, "model.num_classes": 10})
+    model = nnx.eval_shape(lambda c=config: models.build_model(c))
+    counted = sum(p.size for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    assert counted == flops.num_params(config), cond_dim

@@ -49,13 +49,7 @@ def demo_config(**overrides):
   c.log_every_steps = 50
   c.checkpoint_every_steps = _STEPS.value
   c.num_eval_batches = 8
-  for key, value in overrides.items():
-    node = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return c
+  return config_lib.override(c, overrides)
 
 
 def ink_statistics(config, num_batches: int = 20) -> tuple[float, float]:

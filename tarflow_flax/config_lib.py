@@ -115,6 +115,17 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def override(config: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
+  """Sets dotted keys in place ({'model.channels': 128, ...}), as `--config.KEY=VALUE` does."""
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for part in parents:
+      node = node[part]
+    node[leaf] = value
+  return config
+
+
 def _fail(key: str, rule: str, value) -> None:
   raise ConfigError(f"config.{key}={value!r}: {rule}")
 

@@ -19,7 +19,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from tarflow_flax import checkpoint, config_lib, steps
+from tarflow_flax import checkpoint, config_lib, runtime, steps
 
 # Parameters a checkpoint may lack: their fresh initialisation leaves the model's function as is.
 NEUTRAL_WHEN_ABSENT = ("cond_embed", "cond_null", "adaln")
@@ -46,7 +46,7 @@ def _flat_names(tree) -> dict[str, Any]:
 
 def checkpoint_root(path: str) -> epath.Path:
   """A workdir's `checkpoints/`, or `path` itself when it is a checkpoint root."""
-  root = epath.Path(path)
+  root = runtime.path(path)
   return root / "checkpoints" if (root / "checkpoints").exists() else root
 
 
@@ -73,8 +73,7 @@ def load_weights(state: steps.TrainState, path: str) -> steps.TrainState:
   root = checkpoint_root(path)
   if not root.exists():
     _fail(path, "no such directory")
-  options = ocp.CheckpointManagerOptions(create=False, read_only=True)
-  with ocp.CheckpointManager(root, options=options) as mngr:
+  with checkpoint.manager(root, create=False) as mngr:
     step = mngr.latest_step()
     if step is None:
       _fail(path, f"no checkpoint steps under {root}")

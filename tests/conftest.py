@@ -77,14 +77,8 @@ def tiny_config(**overrides):
   spec = importlib.util.spec_from_file_location("tiny", os.path.join(REPO, "configs", "tiny.py"))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  config = module.get_config()
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
+  from tarflow_flax import config_lib  # pylint: disable=g-import-not-at-top
+  return config_lib.override(module.get_config(), overrides)
 
 
 def read_scalars(logdir) -> dict[str, dict[int, float]]:

@@ -18,7 +18,7 @@ from etils import epath
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from tarflow_flax import models
+from tarflow_flax import config_lib, models
 
 MODEL, EMA, META = "model", "ema", "meta"
 
@@ -71,7 +71,17 @@ def read_meta(directory, step: int | None = None) -> tuple[int, dict[str, Any]]:
 
 
 def config_from_meta(meta: dict[str, Any]) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(json.loads(meta["config"]))
+  """The run's stored config on top of this version's defaults, so that a checkpoint written
+  before a key existed still loads (a new key's default keeps the old behaviour)."""
+  def merge(node, stored):
+    for key, value in stored.items():
+      if isinstance(value, dict) and isinstance(node.get(key), ml_collections.ConfigDict):
+        merge(node[key], value)
+      else:
+        node[key] = value
+  config = config_lib.base_config()
+  merge(config, json.loads(meta["config"]))
+  return config
 
 
 def load_model(directory, config=None, *, step: int | None = None, use_ema: bool = True,

@@ -163,6 +163,7 @@ def run(config, root) -> int:
         logging.info("process %d computed %d of the %d rows of each batch", jax.process_index(),
                      info["local_rows"], batch)
       if jax.process_index() == 0:
+        images = visualize.finite_samples(images, f"shard {index}")
         write_shard(outdir, index, fid_protocols.to_uint8(images, _FID_PROTOCOL.value), labels,
                     grid_columns=config.model.num_classes or None)
       done += count

@@ -255,6 +255,7 @@ def train_and_evaluate(config, workdir) -> dict[str, float]:
         sample_state = state.ema if state.ema is not None else state.model
         images = next(generate_samples(trainer.graphdef, sample_state, config, mesh,
                                        config.sample.num_images, seed=0))
+        images = visualize.finite_samples(images, f"step {step} samples")
         writer.write_images(step, {"samples": visualize.make_grid(
             visualize.to_uint8(images))[None]})
       if config.eval_every_steps and (step % config.eval_every_steps == 0 or is_last):

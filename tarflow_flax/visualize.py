@@ -4,7 +4,19 @@ import io
 import math
 
 import numpy as np
+from absl import logging
 from etils import epath
+
+
+def finite_samples(images, where: str) -> np.ndarray:
+  """Samples with non-finite values (an inverse that overflowed) set to 0 (mid-grey), logged once:
+  a diverged sample must show in the log, not as a cast warning or a silently black image."""
+  images = np.asarray(images, np.float32)
+  bad = ~np.isfinite(images).reshape(len(images), -1).all(axis=1)
+  if bad.any():
+    logging.warning("%s: %d of %d samples have non-finite values (shown as 0)", where,
+                    int(bad.sum()), len(images))
+  return np.nan_to_num(images, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def to_uint8(images) -> np.ndarray:

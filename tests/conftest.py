@@ -8,9 +8,13 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 # Tests run on the CPU even where libtpu is installed (the `tpu` extra): no TPU probing.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One TFDS data_dir per test worker (and its subprocesses): no races on first preparation.
+# The process that made the folder removes it when it exits.
 if "TFDS_DATA_DIR" not in os.environ:
+  import atexit  # pylint: disable=g-import-not-at-top
+  import shutil  # pylint: disable=g-import-not-at-top
   import tempfile  # pylint: disable=g-import-not-at-top
   os.environ["TFDS_DATA_DIR"] = tempfile.mkdtemp(prefix="tarflow_tfds_")
+  atexit.register(shutil.rmtree, os.environ["TFDS_DATA_DIR"], ignore_errors=True)
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np

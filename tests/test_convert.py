@@ -13,7 +13,6 @@ from conftest import GOLDEN_DIR, REPO, rel_err
 from tarflow_flax import checkpoint, convert, torch_io
 
 GOLDEN = os.path.join(GOLDEN_DIR, "uncond_small.npz")
-pytestmark = pytest.mark.skipif(not os.path.exists(GOLDEN), reason=f"no {GOLDEN}")
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ from tarflow_flax import checkpoint, convert, eval_lib, models, sharding
 GOLDEN = os.path.join(GOLDEN_DIR, "uncond_small.npz")
 
 
-@pytest.mark.skipif(not os.path.exists(GOLDEN), reason=f"no {GOLDEN}")
 def test_bpd_matches_golden_sharded_and_padded():
   d = np.load(GOLDEN)
   cfg = json.loads(str(d["config"]))

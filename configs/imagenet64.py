@@ -27,6 +27,10 @@ def get_config(preset: str = ""):
   c.model.num_blocks = 8
   c.model.layers_per_block = 8
   c.model.dtype = "bfloat16"
+  # Remat fits 16 GiB v5e chips (5.6 GiB/chip on v5e-32) and the float32 preset; it costs its
+  # recompute: cost-model MFU 43.5 % on v5p vs 56.9 % without. On v5p with bfloat16, pass
+  # --config.model.remat=False --config.model.scan_layers=False (67.9 GiB/chip on v5p-16;
+  # scanned without remat needs 121 GiB). Numbers: benchmarks/README.md.
   c.model.remat = True
   c.data.name = "downsampled_imagenet"
   c.data.train_split = "train"

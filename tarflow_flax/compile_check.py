@@ -180,6 +180,12 @@ def collective_sizes(hlo_text: str, op: str) -> dict[str, list[int]]:
   return out
 
 
+def pallas_kernels(hlo_text: str) -> int:
+  """Number of Pallas (Mosaic) kernel calls in compiled TPU HLO text, e.g. splash attention's
+  forward and backward: shows that the kernel, not an XLA fallback, is what runs."""
+  return len(re.findall(r'custom_call_target="tpu_custom_call"', hlo_text))
+
+
 def _cost(compiled) -> dict:
   cost = compiled.cost_analysis()
   return (cost[0] if isinstance(cost, list) else cost) or {}
@@ -194,6 +200,7 @@ def report(compiled, *, topology: str, devices, mesh, batch: int, compile_s: flo
   hbm = hbm_gib(devices[0])
   peak_tflops = flops.peak_tflops(devices[0].device_kind)
   cost = _cost(compiled)
+  hlo_text = compiled.as_text()
   step_s = cost.get("optimal_seconds")
   result = {
       "topology": topology, "device_kind": devices[0].device_kind, "devices": len(devices),
@@ -204,7 +211,10 @@ def report(compiled, *, topology: str, devices, mesh, batch: int, compile_s: flo
       "temp_gib": mem.temp_size_in_bytes / 2**30, "compile_s": compile_s,
       "model_tflops_per_step": model_flops / 1e12,
       "cost_model_step_s": None, "cost_model_mfu": None,
-      "collectives": collectives(compiled.as_text()),
+      # What the cost model counts per chip (remat recompute included): hardware FLOPs.
+      "cost_model_tflops_per_chip": cost.get("flops", 0.0) / 1e12,
+      "collectives": collectives(hlo_text),
+      "pallas_kernels": pallas_kernels(hlo_text),
   }
   if scan_layers:
     result["cost_model_note"] = ("layers are scanned: the cost model counts a layer once; rerun "

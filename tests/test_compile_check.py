@@ -28,9 +28,20 @@ def test_tiny_train_step_compiles_for_a_tpu_slice(topology, kind, devices):
   assert result["model_tflops_per_step"] == pytest.approx(model_tflops)
   # Unrolled layers: the TPU cost model gives a step time, hence an MFU.
   assert result["cost_model_step_s"] > 0 and 0 < result["cost_model_mfu"] < 1
+  assert result["attention"] == "xla" and result["pallas_kernels"] == 0  # 16 tokens: no splash.
   # FSDP over 2 chips: parameters are gathered, gradients reduced.
   assert result["collectives"]["all-gather"]["count"] > 0
   json.dumps(result)  # The JSON line must serialise.
+
+
+def test_auto_attention_compiles_the_splash_kernel_for_tpu():
+  # 16×16 px, patch 1: 256 tokens, which splash tiles by 128.
+  config = tiny_config(**{"model.patch_size": 1, "model.num_blocks": 1})
+  result = compile_check.check_train(config, "v5e:2x2")
+  assert result["attention"] == "splash"
+  # The Pallas kernel runs in the forward and the backward pass (not an XLA fallback).
+  assert result["pallas_kernels"] >= 2
+  assert result["cost_model_tflops_per_chip"] > 0
 
 
 def test_bf16_fsdp_gathers_in_compute_dtype_and_accumulation_moves_no_images():

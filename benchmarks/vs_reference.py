@@ -164,8 +164,9 @@ def run_row(row, reference) -> dict:
         their_img = theirs_fn().numpy().transpose(0, 2, 3, 1)
         result["sample_max_abs_diff"] = float(np.max(np.abs(ours_img - their_img)))
     fns = {"ours": ours_fn} | ({"theirs": theirs_fn} if theirs is not None else {})
-    for fn in fns.values():  # Warm-up (compiles ours).
-      fn()
+    if what == "train" or theirs is None:  # Warm-up (compiles ours); the sanity check was one.
+      for fn in fns.values():
+        fn()
     times = {name: [] for name in fns}
     for _ in range(_REPEATS.value):  # Interleaved.
       for name, fn in fns.items():

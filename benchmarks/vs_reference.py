@@ -13,6 +13,7 @@ inverse. Prints medians, images/s, the ratio ours/theirs, and max|Δ| of the los
 Without --reference only ours is timed.
 """
 
+import copy
 import importlib.util
 import os
 import statistics
@@ -93,6 +94,7 @@ class Theirs:
     for block in self.model.blocks:  # Non-zero proj_out: sampling is then not a fixed map.
       torch.nn.init.normal_(block.proj_out.weight, std=0.1 / m.channels**0.5)
     self.noise_std = noise_std
+    self.sampler = copy.deepcopy(self.model)  # The initial weights, as ours samples from.
     self.opt = torch.optim.AdamW(self.model.parameters(), lr=config.learning_rate,
                                  betas=(config.adam_b1, config.adam_b2),
                                  weight_decay=config.weight_decay)
@@ -110,7 +112,7 @@ class Theirs:
 
   def sample(self, noise, y, guidance):
     with self.torch.no_grad():
-      return self.model.reverse(noise.clone(), y, guidance=guidance)
+      return self.sampler.reverse(noise.clone(), y, guidance=guidance)
 
 
 def run_row(row, reference) -> dict:

@@ -69,7 +69,9 @@ class Ours:
     mesh = sharding.make_mesh(config.mesh)
     trainer, abstract = steps.make_trainer(config)
     shardings = steps.state_shardings(trainer, abstract, mesh)
-    self.state = jax.device_put(trainer.init_state(nnx.state(model)), shardings)
+    # A copy: the step donates its state, which must not delete the arrays `model` samples with.
+    self.state = jax.device_put(trainer.init_state(jax.tree.map(jnp.copy, nnx.state(model))),
+                                shardings)
     self.step = steps.compile_train_step(trainer, shardings, mesh)
     self.model = model
 

@@ -40,5 +40,7 @@ setuptools.setup(
         # libtpu: what a TPU VM needs, and what compile_check uses to compile for a TPU slice
         # on any host.
         "tpu": ["jax[tpu]==0.10.2"],
+        # benchmarks/vs_reference.py times the PyTorch reference beside ours (never the tests).
+        "bench": ["torch==2.13.0"],
     },
 )

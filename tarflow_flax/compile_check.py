@@ -123,12 +123,12 @@ def lower_sampler_steps(config, devices, batch: int, segment: int):
   graphdef, abstract_block = nnx.split(block)
   block_state = _sharded(abstract_block, sharding.state_shardings(abstract_block, mesh))
   data = sharding.batch_sharding(mesh)
-  cache_sharding = jax.sharding.NamedSharding(mesh,
-                                              jax.sharding.PartitionSpec(None, sharding.DATA_AXES))
+  per_layer = (jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(sharding.DATA_AXES)),
+               ) * block.num_layers
+  cache_sharding = transformer.KVCache(per_layer, per_layer)
   t, c = model.num_tokens, config.model.channels
   cache = transformer.KVCache.zeros(block.num_layers, batch, t, c, jnp.dtype(config.model.dtype))
-  cache = _sharded(jax.eval_shape(lambda: cache), transformer.KVCache(cache_sharding,
-                                                                      cache_sharding))
+  cache = _sharded(jax.eval_shape(lambda: cache), cache_sharding)
   tokens = jax.ShapeDtypeStruct((batch, segment, model.token_dim), jnp.float32, sharding=data)
 
   def token_step(state, x, cache, position):
@@ -139,8 +139,7 @@ def lower_sampler_steps(config, devices, batch: int, segment: int):
     return b.split_params(b.proj_out(h.astype(b.dtype))), cache
 
   jitted = jax.jit(steps.traced_on_mesh(token_step, mesh),
-                   out_shardings=((data, data), transformer.KVCache(cache_sharding,
-                                                                    cache_sharding)),
+                   out_shardings=((data, data), cache_sharding),
                    donate_argnums=(2,))
   position = jax.ShapeDtypeStruct((), jnp.int32, sharding=sharding.replicated(mesh))
   return jitted.lower(block_state, tokens, cache, position), mesh, config

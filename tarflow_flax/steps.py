@@ -106,7 +106,7 @@ class Trainer:
         "prior": terms["prior"],
         "logdet": terms["logdet"],
         "block_logdets": terms["block_logdets"],
-        "grad_norm": optax.global_norm(grads),
+        "grad_norm": optax.tree.norm(grads),
         "learning_rate": optim.learning_rate_schedule(config)(state.step),
     }
     new_state = TrainState(step=state.step + 1, model=model_state, opt_state=opt_state, ema=ema)

@@ -33,7 +33,7 @@ def _trace_sqrt_eigvals(product) -> float:
 
 
 def _trace_sqrtm(sigma1, sigma2, eps: float) -> float:
-  covmean, _ = scipy.linalg.sqrtm(sigma1 @ sigma2, disp=False)
+  covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
   if not np.isfinite(covmean).all():
     offset = np.eye(sigma1.shape[0]) * eps
     covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))

@@ -135,7 +135,8 @@ def lower_sampler_steps(config, devices, batch: int, segment: int):
     b = nnx.merge(graphdef, state)
     pos = jax.lax.dynamic_slice_in_dim(b.pos_embed[...], position, segment, axis=0)[None]
     h = b.embed(x, pos, None)
-    h, cache = transformer.step_layer_stack(b.layers, h, cache, position)
+    h, cache = transformer.step_layers(transformer.unstack_layers(b.layers), h, cache,
+                                       position)
     return b.split_params(b.proj_out(h.astype(b.dtype))), cache
 
   jitted = jax.jit(steps.traced_on_mesh(token_step, mesh),

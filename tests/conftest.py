@@ -15,6 +15,15 @@ if "TFDS_DATA_DIR" not in os.environ:
   import tempfile  # pylint: disable=g-import-not-at-top
   os.environ["TFDS_DATA_DIR"] = tempfile.mkdtemp(prefix="tarflow_tfds_")
   atexit.register(shutil.rmtree, os.environ["TFDS_DATA_DIR"], ignore_errors=True)
+# JAX's persistent compilation cache, shared by this worker and the jobs it starts: the
+# subprocess tests (gs://, multi-process, resume) compile the same steps in every job.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  import atexit  # pylint: disable=g-import-not-at-top
+  import shutil  # pylint: disable=g-import-not-at-top
+  import tempfile  # pylint: disable=g-import-not-at-top
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="tarflow_jax_cache_")
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
+  atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np

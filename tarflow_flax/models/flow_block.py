@@ -172,6 +172,7 @@ class FlowBlock(nnx.Module):
     cond, adaln, temperature = self.sampling_conditioning(y, n, guided, attn_temp, y_cont)
     cache = transformer.KVCache.zeros(self.num_layers, (2 if guided else 1) * n, t,
                                       pos.shape[-1], self.dtype)
+    layers = transformer.unstack_layers(self.layers)
 
     def step(i, carry):
       x, cache = carry
@@ -179,7 +180,7 @@ class FlowBlock(nnx.Module):
       if guided:
         token = jnp.concatenate([token, token])
       h = self.embed(token, jax.lax.dynamic_slice_in_dim(pos, i, 1, axis=1), cond)
-      h, cache = transformer.step_layer_stack(self.layers, h, cache, i, temperature, adaln)
+      h, cache = transformer.step_layers(layers, h, cache, i, temperature, adaln)
       a, b = self.split_params(self.proj_out(h.astype(self.dtype)))
       if guided:
         a, b = apply_guidance(a, b, guidance_weights[i], guide_what)

@@ -85,6 +85,7 @@ def invert_block(block: flow_block.FlowBlock, z, y, plan: BlockPlan, *, tol: flo
   x = z_perm if plan.init == "latent" else jnp.zeros_like(z_perm).at[:, 0].set(z_perm[:, 0])
   cache = transformer.KVCache.zeros(block.num_layers, (2 if guided else 1) * n, t,
                                     pos.shape[-1], block.dtype)
+  layers = transformer.unstack_layers(block.layers)
   counts = []
   for (s0, s1), budget in zip(zip(plan.boundaries, plan.boundaries[1:]), plan.budgets()):
     z_seg = z_perm[:, s0:s1]
@@ -95,8 +96,7 @@ def invert_block(block: flow_block.FlowBlock, z, y, plan: BlockPlan, *, tol: flo
       if guided:
         inputs = jnp.concatenate([inputs, inputs])
       h = block.embed(inputs, pos_seg, cond)
-      h, cache = transformer.step_layer_stack(block.layers, h, cache, s0 - 1, temperature,
-                                              adaln)
+      h, cache = transformer.step_layers(layers, h, cache, s0 - 1, temperature, adaln)
       a, b = block.split_params(block.proj_out(h.astype(block.dtype)))
       if guided:
         a, b = flow_block.apply_guidance(a, b, weights[s0:s1][None, :, None], guide_what)

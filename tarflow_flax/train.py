@@ -15,7 +15,6 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
-from clu import metric_writers
 from etils import epath
 from flax import nnx
 
@@ -184,6 +183,9 @@ def train_and_evaluate(config, workdir) -> dict[str, float]:
   last_saved = mngr.latest_step()
   _write_config(workdir, config)
 
+  # Imported here: CLU's TensorBoard writer brings in TensorFlow (~5 s), which a job that stops
+  # on a config, data or checkpoint error above never needs.
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top
   writer = metric_writers.create_default_writer(str(metrics_dir),
                                                 just_logging=jax.process_index() > 0)
   if start_step == 0:

@@ -7,9 +7,12 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 # Tests run on the CPU even where libtpu is installed (the `tpu` extra): no TPU probing.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# One TFDS data_dir per test worker (and its subprocesses): no races on first preparation.
-# The process that made the folder removes it when it exits.
-if "TFDS_DATA_DIR" not in os.environ:
+# One TFDS data_dir for the whole run, made (and removed at exit) by the first process that
+# imports this file: pytest's main process, before xdist starts its workers, which inherit it.
+# The embedded MNIST is built into it right there (end of this file), so that workers and their
+# jobs never race to build it.
+_PREPARE_DATA = "TFDS_DATA_DIR" not in os.environ
+if _PREPARE_DATA:
   import atexit  # pylint: disable=g-import-not-at-top
   import shutil  # pylint: disable=g-import-not-at-top
   import tempfile  # pylint: disable=g-import-not-at-top
@@ -108,3 +111,10 @@ def read_scalars(logdir) -> dict[str, dict[int, float]]:
     if all(v.size == 1 and v.dtype.kind == "f" for v in values.values()):  # Scalars only.
       out[tag] = {step: float(v) for step, v in values.items()}
   return out
+
+
+if _PREPARE_DATA:
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from tarflow_flax import input_pipeline  # pylint: disable=g-import-not-at-top
+  tfds.disable_progress_bar()  # Its bars would land in pytest's header.
+  input_pipeline.prepare(tiny_config().data)

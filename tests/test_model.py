@@ -1,5 +1,7 @@
 """TarFlow model properties: invertibility, exact log-det, causality, layer-stack equivalences."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -180,3 +182,22 @@ def test_bad_inputs_get_clear_errors():
   uncond = tiny_model()
   with pytest.raises(ValueError, match="unconditional"):
     uncond(jnp.zeros((1, 8, 8, 1)), jnp.array([0]))
+
+
+def test_sequential_sampler_reads_the_weights_in_place():
+  """No per-token copy of any layer weight: XLA's while-loop sinking once moved the per-layer
+  weight slices into the token loop, copying every weight on every token."""
+  from tarflow_flax.models import tarflow  # pylint: disable=g-import-not-at-top
+  model = tiny_model(in_channels=1, img_size=8, patch_size=2, channels=128, num_blocks=1,
+                     layers_per_block=2)
+  noise = jnp.zeros((2, model.num_tokens, model.token_dim))
+  hlo = tarflow._reverse.lower(model, noise, None, None, jnp.float32(1), None,
+                               guide_what="ab").compile().as_text()
+  bodies = [c for c in hlo.split("\n\n") if "while" in c.split("\n")[0] or "region" in
+            c.split("\n")[0]]
+  loop = max(bodies, key=lambda c: c.count("\n"))  # The token loop's body: the largest region.
+  weight_shapes = {"f32[128,384]", "f32[128,128]", "f32[128,512]", "f32[512,128]"}
+  instructions = re.findall(r"^\s*%\S+ = (f32\[[\d,]+\])\S* ([\w-]+)\(", loop, re.M)
+  copies = [(shape, op) for shape, op in instructions
+            if shape in weight_shapes and op not in ("get-tuple-element", "parameter")]
+  assert not copies, copies[:3]

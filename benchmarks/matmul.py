@@ -17,7 +17,7 @@ import tarflow_flax  # pylint: disable=unused-import  (its XLA CPU flag; both va
 
 _ROWS = flags.DEFINE_list("rows", ["8", "16", "64", "4096"], "Rows of the left operand.")
 VARIANTS = {"xla_dot": {"xla_cpu_experimental_ynn_fusion_type": ""},
-            "ynnpack": {"xla_cpu_experimental_ynn_fusion_type": "dot"}}
+            "ynnpack": {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}}
 
 
 def gflops(rows: int, options: dict, k: int = 256, n: int = 1024) -> float:

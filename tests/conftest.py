@@ -7,26 +7,30 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 # Tests run on the CPU even where libtpu is installed (the `tpu` extra): no TPU probing.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# One TFDS data_dir for the whole run, made (and removed at exit) by the first process that
-# imports this file: pytest's main process, before xdist starts its workers, which inherit it.
-# The embedded MNIST is built into it right there (end of this file), so that workers and their
-# jobs never race to build it.
-_PREPARE_DATA = "TFDS_DATA_DIR" not in os.environ
-if _PREPARE_DATA:
+
+
+def _temporary_dir_in_env(name: str, prefix: str) -> bool:
+  """Sets $name to a new temporary folder, removed when this process exits, unless it is set
+  already (by the user, or inherited from the process that made it). True if made here."""
+  if name in os.environ:
+    return False
   import atexit  # pylint: disable=g-import-not-at-top
   import shutil  # pylint: disable=g-import-not-at-top
   import tempfile  # pylint: disable=g-import-not-at-top
-  os.environ["TFDS_DATA_DIR"] = tempfile.mkdtemp(prefix="tarflow_tfds_")
-  atexit.register(shutil.rmtree, os.environ["TFDS_DATA_DIR"], ignore_errors=True)
-# JAX's persistent compilation cache, shared by this worker and the jobs it starts: the
-# subprocess tests (gs://, multi-process, resume) compile the same steps in every job.
-if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-  import atexit  # pylint: disable=g-import-not-at-top
-  import shutil  # pylint: disable=g-import-not-at-top
-  import tempfile  # pylint: disable=g-import-not-at-top
-  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="tarflow_jax_cache_")
+  os.environ[name] = tempfile.mkdtemp(prefix=prefix)
+  atexit.register(shutil.rmtree, os.environ[name], ignore_errors=True)
+  return True
+
+
+# Both folders are made by the first process that imports this file (pytest's main process,
+# before xdist starts its workers), so every worker and every job they start shares them.
+# One TFDS data_dir for the whole run; the embedded MNIST is built into it right there (end of
+# this file), so that workers and their jobs never race to build it.
+_PREPARE_DATA = _temporary_dir_in_env("TFDS_DATA_DIR", "tarflow_tfds_")
+# JAX's persistent compilation cache: the subprocess tests (gs://, multi-process, resume)
+# compile the same steps in every job.
+if _temporary_dir_in_env("JAX_COMPILATION_CACHE_DIR", "tarflow_jax_cache_"):
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
-  atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np

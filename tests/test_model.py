@@ -185,8 +185,8 @@ def test_bad_inputs_get_clear_errors():
 
 
 def test_sequential_sampler_reads_the_weights_in_place():
-  """No per-token copy of any layer weight: XLA's while-loop sinking once moved the per-layer
-  weight slices into the token loop, copying every weight on every token."""
+  """No per-token copy of any layer weight: XLA does not hoist slices of the stacked weights out
+  of the token loop, so slicing them inside it once copied every weight on every token."""
   from tarflow_flax.models import tarflow  # pylint: disable=g-import-not-at-top
   model = tiny_model(in_channels=1, img_size=8, patch_size=2, channels=128, num_blocks=1,
                      layers_per_block=2)

@@ -212,10 +212,8 @@ def apply_layer_stack(layers: TransformerLayer, x, temperature=1.0, *, remat: bo
     body = nnx.remat(body, graph=False)
   if scan:
     return nnx.scan(body, in_axes=(0, nnx.Carry), out_axes=nnx.Carry, graph=False)(layers, x)
-  graphdef, state = nnx.split(layers)
-  num_layers = jax.tree.leaves(state)[0].shape[0]
-  for i in range(num_layers):
-    x = body(nnx.merge(graphdef, jax.tree.map(lambda p, i=i: p[i], state)), x)
+  for layer in unstack_layers(layers):
+    x = body(layer, x)
   return x
 
 

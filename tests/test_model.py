@@ -201,3 +201,32 @@ def test_sequential_sampler_reads_the_weights_in_place():
   copies = [(shape, op) for shape, op in instructions
             if shape in weight_shapes and op not in ("get-tuple-element", "parameter")]
   assert not copies, copies[:3]
+
+
+def test_sequential_sampler_attends_only_to_the_filled_chunks(monkeypatch):
+  """The sampler's KV cache grows chunk by chunk, so a step's attention reads the chunks filled so
+  far, not the whole sequence (half the memory traffic on long sequences); samples are those of a
+  single full-length cache."""
+  from tarflow_flax.models import flow_block  # pylint: disable=g-import-not-at-top
+  model = tiny_model(in_channels=3, img_size=8, patch_size=2, num_blocks=1, layers_per_block=2,
+                     num_classes=3)
+  block = model.blocks[0]
+  z = jax.random.normal(jax.random.key(0), (2, model.num_tokens, model.token_dim))
+  labels = jnp.array([0, 2])
+
+  def sample():  # Traced afresh at every call: the chunking is read at trace time.
+    fn = jax.jit(lambda z: block.reverse(z, labels, guidance_weights=jnp.full((15,), 1.5)))
+    return fn(z), fn.lower(z).compile().as_text()
+
+  monkeypatch.setattr(flow_block, "MIN_SAMPLING_CHUNK", 4)
+  assert flow_block.sampling_chunks(15) == [(0, 5), (5, 10), (10, 15)]
+  chunked, hlo = sample()
+  # Attention logits (guided batch 4, 1 query; XLA drops the single head) over the keys of each
+  # chunk's cache.
+  key_counts = set(re.findall(r"= f32\[4,1,(\d+)\]\S* dot\(", hlo))
+  assert key_counts == {"5", "10", "15"}, key_counts
+  monkeypatch.setattr(flow_block, "MIN_SAMPLING_CHUNK", 10**6)
+  assert flow_block.sampling_chunks(15) == [(0, 15)]
+  single, _ = sample()
+  assert rel_err(chunked, z) > 1e-2
+  np.testing.assert_allclose(chunked, single, atol=1e-6, rtol=0)

@@ -157,7 +157,8 @@ class FlowBlock(nnx.Module):
 
   def reverse(self, z, y=None, *, guidance_weights=None, guide_what: str = "ab",
               attn_temp=1.0, y_cont=None):
-    """Exact sequential inverse of `__call__` with a KV cache (no Python loop over tokens).
+    """Exact sequential inverse of `__call__` with a KV cache: compiled token loops, one per
+    cache chunk (`sampling_chunks`).
 
     guidance_weights: None (no guidance) or a (T-1,) float32 array, the guidance weight at each
     step (constant, or annealed as (i+1)/(T-1)·w). With guidance, a second, unconditional pass
@@ -170,8 +171,6 @@ class FlowBlock(nnx.Module):
     x = self.permute(z.astype(jnp.float32))
     pos = self.permute(self.pos_embed[...][None])
     cond, adaln, temperature = self.sampling_conditioning(y, n, guided, attn_temp, y_cont)
-    cache = transformer.KVCache.zeros(self.num_layers, (2 if guided else 1) * n, t,
-                                      pos.shape[-1], self.dtype)
     layers = transformer.unstack_layers(self.layers)
 
     def step(i, carry):
@@ -187,7 +186,13 @@ class FlowBlock(nnx.Module):
       nxt = jax.lax.dynamic_slice_in_dim(x, i + 1, 1, axis=1) * jnp.exp(a) + b
       return jax.lax.dynamic_update_slice_in_dim(x, nxt, i + 1, axis=1), cache
 
-    x, _ = jax.lax.fori_loop(0, t - 1, step, (x, cache))
+    # The cache grows chunk by chunk: a step reads only the keys/values of the chunks filled so
+    # far, about half of what a full-length cache costs (the step is memory-bound on CPU).
+    cache = transformer.KVCache.zeros(self.num_layers, (2 if guided else 1) * n, 0,
+                                      pos.shape[-1], self.dtype)
+    for start, stop in sampling_chunks(t - 1):
+      cache = cache.grown(stop)
+      x, cache = jax.lax.fori_loop(start, stop, step, (x, cache))
     return self.permute(x)
 
 
@@ -200,6 +205,20 @@ def apply_guidance(a, b, weight, guide_what: str):
   if "b" in guide_what:
     b = b + weight * (b - b_u)
   return a, b
+
+
+# The sequential sampler's cache grows in up to SAMPLING_CHUNKS steps (each one more compiled token
+# loop) of at least MIN_SAMPLING_CHUNK tokens. On a 2-core CPU, 8 chunks made sampling at 256
+# tokens 1.3-1.4x faster than one full-length cache; 16 were no faster.
+SAMPLING_CHUNKS = 8
+MIN_SAMPLING_CHUNK = 32
+
+
+def sampling_chunks(num_steps: int) -> list[tuple[int, int]]:
+  """Splits the sampler's token steps 0..num_steps-1 into equal static [start, stop) chunks."""
+  count = max(1, min(SAMPLING_CHUNKS, num_steps // MIN_SAMPLING_CHUNK))
+  bounds = [round(num_steps * j / count) for j in range(count + 1)]
+  return list(zip(bounds[:-1], bounds[1:]))
 
 
 def guidance_weights(num_tokens: int, guidance: float, annealed: bool) -> np.ndarray:

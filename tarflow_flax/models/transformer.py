@@ -79,6 +79,12 @@ class KVCache(NamedTuple):
     return cls(tuple(jnp.zeros(shape, dtype) for _ in range(num_layers)),
                tuple(jnp.zeros(shape, dtype) for _ in range(num_layers)))
 
+  def grown(self, num_tokens: int) -> "KVCache":
+    """The cache extended with zeros to `num_tokens` positions (a copy: between loops only)."""
+    def grow(a):
+      return jnp.pad(a, ((0, 0), (0, 0), (0, num_tokens - a.shape[2]), (0, 0)))
+    return KVCache(tuple(map(grow, self.k)), tuple(map(grow, self.v)))
+
   def updated(self, layer: int, position, k, v) -> "KVCache":
     """Writes k, v (N, heads, S, 64) of `layer` at token `position`.. (in place in a loop)."""
     def write(arrays, new):

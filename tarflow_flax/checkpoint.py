@@ -22,6 +22,16 @@ from tarflow_flax import config_lib, models
 
 MODEL, EMA, META = "model", "ema", "meta"
 
+# Orbax splits the saving of a replicated array across its replicas, with one slicing op per
+# replica and array (each new shape compiled on first use). For small arrays that costs more than
+# the write it spreads: 1,100 slices took 8 of a tiny run's 27 s on 8 CPU devices. Arrays whose
+# per-replica slice would be under this size are written whole by one replica.
+REPLICA_PARALLEL_MIN_BYTES = 1 << 20
+ocp.type_handlers.register_type_handler(
+    jax.Array,
+    ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=REPLICA_PARALLEL_MIN_BYTES),
+    override=True)
+
 
 class CheckpointError(RuntimeError):
   """A checkpoint is missing, unreadable, or does not fit the requested model."""

@@ -59,8 +59,9 @@ def _wait_for_text(log: pathlib.Path, text: str, procs, timeout=240) -> None:
     time.sleep(0.05)
 
 
-TRAIN_FLAGS = (f"--config={TINY}", "--config.num_train_steps=100", "--config.log_every_steps=1",
-               "--config.checkpoint_every_steps=1000")
+STEPS = 40  # ~2 s of training after the signal is sent at step 3 or 5: it lands mid-run.
+TRAIN_FLAGS = (f"--config={TINY}", f"--config.num_train_steps={STEPS}",
+               "--config.log_every_steps=1", "--config.checkpoint_every_steps=1000")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -77,12 +78,12 @@ def test_sigterm_to_one_process_stops_both_at_one_step_then_resumes(tmp_path):
   logs = [tmp_path / f"multi{i}.log" for i in range(2)]
   procs = [_start("main", logs[i], *TRAIN_FLAGS, workdir, env=_devices(2), process=(i, 2, port))
            for i in range(2)]
-  _wait_for_text(logs[1], "step 5/100", procs)
+  _wait_for_text(logs[1], f"step 5/{STEPS}", procs)
   procs[1].send_signal(signal.SIGTERM)
   codes = _run_all(zip(procs, logs), timeout=120)
   assert codes == [runtime.EXIT_INTERRUPTED] * 2, [log.read_text()[-2000:] for log in logs]
   saved = checkpoint.manager(tmp_path / "multi" / "checkpoints").all_steps()
-  assert len(saved) == 1 and 5 <= saved[0] < 100, saved  # One step, agreed by both processes.
+  assert len(saved) == 1 and 5 <= saved[0] < STEPS, saved  # One step, agreed by both processes.
   for log in logs:
     assert f"interrupted: stopped at step {saved[0]}" in log.read_text()
 
@@ -94,18 +95,18 @@ def test_sigterm_to_one_process_stops_both_at_one_step_then_resumes(tmp_path):
   assert _wait(reference, tmp_path / "ref.log") == 0
   want = read_scalars(tmp_path / "ref")["train/loss"]
   got = read_scalars(tmp_path / "multi")["train/loss"]
-  assert sorted(got) == sorted(want) == list(range(1, 101))
+  assert sorted(got) == sorted(want) == list(range(1, STEPS + 1))
   np.testing.assert_allclose([got[s] for s in want], [want[s] for s in want], rtol=1e-5, atol=1e-6)
 
 
 def test_sigint_stops_a_single_process_with_a_checkpoint(tmp_path):
   log = tmp_path / "run.log"
   proc = _start("main", log, *TRAIN_FLAGS, f"--workdir={tmp_path}")
-  _wait_for_text(log, "step 3/100", [proc])
+  _wait_for_text(log, f"step 3/{STEPS}", [proc])
   proc.send_signal(signal.SIGINT)
   assert _wait(proc, log, timeout=120) == runtime.EXIT_INTERRUPTED, log.read_text()[-3000:]
   saved = checkpoint.manager(tmp_path / "checkpoints").all_steps()
-  assert len(saved) == 1 and 3 <= saved[0] < 100
+  assert len(saved) == 1 and 3 <= saved[0] < STEPS
   assert "Traceback" not in log.read_text()
 
 

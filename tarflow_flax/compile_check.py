@@ -127,6 +127,7 @@ def lower_sampler_steps(config, devices, batch: int, segment: int):
                ) * block.num_layers
   cache_sharding = transformer.KVCache(per_layer, per_layer)
   t, c = model.num_tokens, config.model.channels
+  # Full length: the sequential sampler grows its cache chunk by chunk; this is its largest step.
   cache = transformer.KVCache.zeros(block.num_layers, batch, t, c, jnp.dtype(config.model.dtype))
   cache = _sharded(jax.eval_shape(lambda: cache), cache_sharding)
   tokens = jax.ShapeDtypeStruct((batch, segment, model.token_dim), jnp.float32, sharding=data)

@@ -16,6 +16,9 @@ import jax
 import ml_collections
 from etils import epath
 import orbax.checkpoint as ocp
+# Not exported by orbax.checkpoint: the registry object and the default array metadata store.
+from orbax.checkpoint._src.metadata import array_metadata_store
+from orbax.checkpoint._src.serialization import type_handler_registry
 from flax import nnx
 
 from tarflow_flax import config_lib, models
@@ -25,12 +28,15 @@ MODEL, EMA, META = "model", "ema", "meta"
 # Orbax splits the saving of a replicated array across its replicas, with one slicing op per
 # replica and array (each new shape compiled on first use). For small arrays that costs more than
 # the write it spreads: 1,100 slices took 8 of a tiny run's 27 s on 8 CPU devices. Arrays whose
-# per-replica slice would be under this size are written whole by one replica.
+# per-replica slice would be under this size are written whole by one replica. Otherwise the
+# handler is Orbax's default one (same per-host array metadata store); registered through the
+# registry's own `add`, which replaces the default without logging a warning in every job.
 REPLICA_PARALLEL_MIN_BYTES = 1 << 20
-ocp.type_handlers.register_type_handler(
+type_handler_registry.GLOBAL_TYPE_HANDLER_REGISTRY.add(
     jax.Array,
-    ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=REPLICA_PARALLEL_MIN_BYTES),
-    override=True)
+    ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=REPLICA_PARALLEL_MIN_BYTES,
+                                   array_metadata_store=array_metadata_store.Store()),
+    override=True, ignore_warnings=True)
 
 
 class CheckpointError(RuntimeError):

@@ -35,6 +35,8 @@ def test_saving_small_replicated_arrays_compiles_nothing(tmp_path):
   finally:
     jax.monitoring.unregister_event_duration_listener(on_event)
   assert not compiles, f"{len(compiles)} compiles while saving"
+  # Otherwise written as Orbax's default handler writes it, per-host array metadata included.
+  assert (tmp_path / "0" / "model" / "array_metadatas" / "process_0").exists()
   with checkpoint.manager(tmp_path, create=False) as mngr:
     back = mngr.restore(0, args=ocp.args.Composite(model=ocp.args.StandardRestore(state)))
   for got, want in zip(jax.tree.leaves(back["model"]), jax.tree.leaves(state)):

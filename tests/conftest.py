@@ -3,8 +3,24 @@
 import glob
 import os
 
+# Tests compile hundreds of small programs and run each only briefly: LLVM's O0 backend compiles
+# them about a third faster (a tiny model's init 6.1 → 3.9 s, its train step 6.4 → 4.2 s). XLA's
+# HLO passes are unchanged; every tolerance in the suite holds with it.
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
+
+
+def xla_flags(devices: int) -> str:
+  """XLA_FLAGS for a test process with `devices` fake CPU devices."""
+  return f"--xla_force_host_platform_device_count={devices} {TEST_XLA_FLAGS}"
+
+
+def job_env(devices: int, **extra: str) -> dict[str, str]:
+  """The environment of a job a test starts: `devices` fake CPU devices, the tests' XLA flags."""
+  return {**os.environ, "XLA_FLAGS": xla_flags(devices), **extra}
+
+
 # Multi-device code is tested on 8 fake CPU devices; must be set before jax is imported.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("XLA_FLAGS", xla_flags(8))
 # Tests run on the CPU even where libtpu is installed (the `tpu` extra): no TPU probing.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 

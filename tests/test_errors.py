@@ -6,15 +6,15 @@ import sys
 
 import pytest
 
-from conftest import GOLDEN_DIR, REPO
+from conftest import GOLDEN_DIR, REPO, job_env, tiny_config
+from tarflow_flax import train
 
 TINY = os.path.join(REPO, "configs", "tiny.py")
 
 
 def _start(module, *args, devices=1):
   return subprocess.Popen([sys.executable, "-m", f"tarflow_flax.{module}", *args], cwd=REPO,
-                          env={**os.environ,
-                               "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"},
+                          env=job_env(devices),
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -28,11 +28,10 @@ def _assert_one_line_error(proc, message: str) -> None:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-  """A tiny run's workdir with a checkpoint at step 2."""
+  """A tiny run's workdir with a checkpoint at step 2 (trained in this process: what is tested
+  is the jobs started against it)."""
   workdir = tmp_path_factory.mktemp("run")
-  proc = _start("main", f"--config={TINY}", f"--workdir={workdir}", "--config.num_train_steps=2")
-  out, _ = proc.communicate(timeout=300)
-  assert proc.returncode == 0, out[-3000:]
+  train.train_and_evaluate(tiny_config(num_train_steps=2), str(workdir))
   return workdir
 
 

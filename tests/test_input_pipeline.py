@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from conftest import REPO, tiny_config
+from conftest import REPO, job_env, tiny_config
 from tarflow_flax import input_pipeline as ip
 from tarflow_flax.input_pipeline import preprocessing
 
@@ -267,8 +267,7 @@ def test_two_processes_sharing_an_empty_data_dir_build_once_and_share_failures(t
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
   _write_image_folder(tmp_path / "pets", [(16, 16), (16, 16)])
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
-         "JAX_PLATFORMS": "cpu"}
+  env = job_env(1, JAX_PLATFORMS="cpu")
   procs = [subprocess.Popen([sys.executable, "-c", _PREPARE_IN_A_PROCESS, str(port), str(i),
                              str(tmp_path / "tfds"), str(tmp_path / "pets")], cwd=REPO, env=env,
                             text=True,

@@ -18,24 +18,20 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO, free_port, read_scalars, tiny_config, tiny_model
-from tarflow_flax import checkpoint, input_pipeline, runtime
+from conftest import REPO, free_port, job_env, read_scalars, tiny_config, tiny_model
+from tarflow_flax import checkpoint, input_pipeline, runtime, train
 
 TINY = os.path.join(REPO, "configs", "tiny.py")
 
 
-def _devices(n: int) -> dict:
-  return {"XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
-
-
-def _start(module, log: pathlib.Path, *args, env=None, process=None):
+def _start(module, log: pathlib.Path, *args, devices: int, process=None):
   """A job whose output goes to `log` (files, not pipes: nobody blocks on a full pipe)."""
   if process is not None:
     index, count, port = process
     args += (f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={count}",
              f"--process_id={index}")
   return subprocess.Popen([sys.executable, "-m", f"tarflow_flax.{module}", *args], cwd=REPO,
-                          env={**os.environ, **(env or {})}, stdout=open(log, "w"),
+                          env=job_env(devices), stdout=open(log, "w"),
                           stderr=subprocess.STDOUT)
 
 
@@ -71,12 +67,10 @@ def prepared_data():
 
 
 def test_sigterm_to_one_process_stops_both_at_one_step_then_resumes(tmp_path):
-  reference = _start("main", tmp_path / "ref.log", *TRAIN_FLAGS, "--distributed=false",
-                     f"--workdir={tmp_path / 'ref'}", env=_devices(4))
   port = free_port()
   workdir = f"--workdir={tmp_path / 'multi'}"
   logs = [tmp_path / f"multi{i}.log" for i in range(2)]
-  procs = [_start("main", logs[i], *TRAIN_FLAGS, workdir, env=_devices(2), process=(i, 2, port))
+  procs = [_start("main", logs[i], *TRAIN_FLAGS, workdir, devices=2, process=(i, 2, port))
            for i in range(2)]
   _wait_for_text(logs[1], f"step 5/{STEPS}", procs)
   procs[1].send_signal(signal.SIGTERM)
@@ -88,11 +82,13 @@ def test_sigterm_to_one_process_stops_both_at_one_step_then_resumes(tmp_path):
     assert f"interrupted: stopped at step {saved[0]}" in log.read_text()
 
   port = free_port()
-  procs = [_start("main", logs[i], *TRAIN_FLAGS, workdir, env=_devices(2), process=(i, 2, port))
+  procs = [_start("main", logs[i], *TRAIN_FLAGS, workdir, devices=2, process=(i, 2, port))
            for i in range(2)]
   assert _run_all(zip(procs, logs)) == [0, 0], logs[0].read_text()[-3000:]
   assert f"step {saved[0]}" in logs[0].read_text() and "Resumed from" in logs[0].read_text()
-  assert _wait(reference, tmp_path / "ref.log") == 0
+  # The uninterrupted run: one process (this one, 8 devices).
+  train.train_and_evaluate(tiny_config(num_train_steps=STEPS, log_every_steps=1,
+                                       checkpoint_every_steps=1000), str(tmp_path / "ref"))
   want = read_scalars(tmp_path / "ref")["train/loss"]
   got = read_scalars(tmp_path / "multi")["train/loss"]
   assert sorted(got) == sorted(want) == list(range(1, STEPS + 1))
@@ -101,7 +97,7 @@ def test_sigterm_to_one_process_stops_both_at_one_step_then_resumes(tmp_path):
 
 def test_sigint_stops_a_single_process_with_a_checkpoint(tmp_path):
   log = tmp_path / "run.log"
-  proc = _start("main", log, *TRAIN_FLAGS, f"--workdir={tmp_path}")
+  proc = _start("main", log, *TRAIN_FLAGS, f"--workdir={tmp_path}", devices=1)
   _wait_for_text(log, f"step 3/{STEPS}", [proc])
   proc.send_signal(signal.SIGINT)
   assert _wait(proc, log, timeout=120) == runtime.EXIT_INTERRUPTED, log.read_text()[-3000:]
@@ -124,15 +120,15 @@ def test_two_processes_sample_and_evaluate_like_one(ckpt, tmp_path):
   sample = (f"--checkpoint={ckpt}", "--num_samples=6", "--shard_size=4", "--seed=3")
   evaluate = (f"--checkpoint={ckpt}", "--metric=bpd", "--num_batches=3")
   single = [(_start("sample", tmp_path / "s1.log", *sample, f"--outdir={tmp_path / 'one'}",
-                    env=_devices(1)), tmp_path / "s1.log")]
+                    devices=1), tmp_path / "s1.log")]
   assert _run_all(single) == [0], (tmp_path / "s1.log").read_text()[-3000:]
   single = [(_start("evaluate", tmp_path / "e1.log", *evaluate, f"--out={tmp_path / 'e1.json'}",
-                    env=_devices(1)), tmp_path / "e1.log")]
+                    devices=1), tmp_path / "e1.log")]
   assert _run_all(single) == [0], (tmp_path / "e1.log").read_text()[-3000:]
 
   port = free_port()
   logs = [tmp_path / f"s2_{i}.log" for i in range(2)]
-  jobs = [(_start("sample", logs[i], *sample, f"--outdir={tmp_path / 'two'}", env=_devices(2),
+  jobs = [(_start("sample", logs[i], *sample, f"--outdir={tmp_path / 'two'}", devices=2,
                   process=(i, 2, port)), logs[i]) for i in range(2)]
   assert _run_all(jobs) == [0, 0], logs[0].read_text()[-3000:]
   for i, log in enumerate(logs):  # Each process computed the rows of its own 2 devices.
@@ -145,7 +141,7 @@ def test_two_processes_sample_and_evaluate_like_one(ckpt, tmp_path):
   port = free_port()
   logs = [tmp_path / f"e2_{i}.log" for i in range(2)]
   jobs = [(_start("evaluate", logs[i], *evaluate, f"--out={tmp_path / 'e2.json'}",
-                  env=_devices(2), process=(i, 2, port)), logs[i]) for i in range(2)]
+                  devices=2, process=(i, 2, port)), logs[i]) for i in range(2)]
   assert _run_all(jobs) == [0, 0], logs[0].read_text()[-3000:]
   one = json.loads((tmp_path / "e1.json").read_text())
   two = json.loads((tmp_path / "e2.json").read_text())

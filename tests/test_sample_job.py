@@ -10,12 +10,12 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO, tiny_config, tiny_model
+from conftest import REPO, job_env, tiny_config, tiny_model
 from tarflow_flax import checkpoint
 
 
 # Four fake CPU devices: shards of 3 samples are padded to a global batch of 4.
-DEVICES = "--xla_force_host_platform_device_count=4"
+DEVICES = 4
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def _job(ckpt, outdir, *extra):
   cmd = [sys.executable, "-m", "tarflow_flax.sample", f"--checkpoint={ckpt}", f"--outdir={outdir}",
          "--num_samples=10", "--shard_size=3", *extra]
   return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, env={**os.environ, "XLA_FLAGS": DEVICES})
+                          text=True, env=job_env(DEVICES))
 
 
 def _shards(outdir):

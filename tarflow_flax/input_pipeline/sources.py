@@ -79,6 +79,11 @@ def _builder(data_config):
   return tfds.builder(_TFDS_NAMES[name], data_dir=data_dir, file_format="array_record")
 
 
+def _is_prepared(builder) -> bool:
+  """builder.is_prepared(), without the warning TFDS logs for a dataset not built yet."""
+  return builder.data_path.exists() and builder.is_prepared()
+
+
 def _build(builder, data_config) -> None:
   """Builds `builder` into its data_dir (this process only)."""
   manual_dir = data_config.manual_dir
@@ -125,7 +130,7 @@ def prepare(data_config) -> None:
   builder = _builder(data_config)
   client = _distributed_client()
   if client is None:
-    if not builder.is_prepared():
+    if not _is_prepared(builder):
       _build(builder, data_config)
     return
   # The same key on every process even when their copies of an image folder differ.
@@ -134,7 +139,7 @@ def prepare(data_config) -> None:
   if jax.process_index() == 0:
     outcome = "ok"
     try:
-      if not builder.is_prepared():
+      if not _is_prepared(builder):
         _build(builder, data_config)
     except Exception as e:  # Tell the others before failing, so that they do not wait.
       outcome = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
@@ -145,7 +150,7 @@ def prepare(data_config) -> None:
   outcome = client.blocking_key_value_get(key, BUILD_TIMEOUT_S * 1000)
   if outcome != "ok":
     raise DataError(f"process 0 could not prepare {data_config.name}: {outcome}")
-  if not _builder(data_config).is_prepared():
+  if not _is_prepared(_builder(data_config)):
     logging.info("%s: data_dir not shared with process 0; building a copy for this process",
                  data_config.name)
     _build(_builder(data_config), data_config)
@@ -162,7 +167,7 @@ def check_split(data_config, split: str) -> None:
   splits (the folder layout for image_folder).
   """
   builder = _builder(data_config)
-  if builder.is_prepared():
+  if _is_prepared(builder):
     known = list(builder.info.splits)
   elif data_config.name == "image_folder":
     known = list(builders.scan_image_folder(data_config.manual_dir))

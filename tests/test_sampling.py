@@ -1,6 +1,7 @@
 """Parallel samplers equal the sequential inverse; iteration bounds; auto keeps its bound."""
 
 import json
+import re
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +10,7 @@ import pytest
 
 from conftest import rel_err, tiny_model
 from tarflow_flax import sampling
-from tarflow_flax.sampling import strategy
+from tarflow_flax.sampling import jacobi, strategy
 
 EXACT = 1e-4  # Stated bound for tight-tolerance parallel samplers vs sequential (relative).
 
@@ -192,3 +193,25 @@ def test_auto_timing_is_the_best_of_repeats(monkeypatch):
   monkeypatch.setattr(strategy.time, "perf_counter", lambda: next(clock))
   seconds, counts = strategy._best_time(lambda: (None, jnp.array([2, 3])), repeats=3)
   assert seconds == 1.0 and counts.tolist() == [2, 3]
+
+
+def test_gs_jacobi_attends_only_to_the_solved_prefix_and_its_segment():
+  """GS-Jacobi's KV cache grows segment by segment: a sweep's attention reads the positions up to
+  its segment's end, not the whole sequence; the samples stay those of the sequential inverse."""
+  model = tiny_model(in_channels=3, img_size=8, patch_size=2, num_blocks=1, layers_per_block=2,
+                     num_classes=3, scale=0.3)
+  noise = _noise(model, n=2)
+  labels = jnp.array([0, 2])
+  plans = (sampling.BlockPlan((1, 5, 9, 16)),)
+  exact, _ = sampling.sample(model, noise, labels, guidance=1.5)
+  images, _ = sampling.sample(model, noise, labels, guidance=1.5, method="gs_jacobi", plans=plans,
+                              tol=0.0)
+  assert rel_err(images, exact) <= EXACT
+  fn = jax.jit(lambda z: jacobi.invert_block(model.blocks[0], z, labels, plans[0], tol=0.0,
+                                             guidance_weights=jnp.full((15,), 1.5)))
+  hlo = fn.lower(noise).compile().as_text()
+  # Attention logits (guided batch 4; XLA drops the single head): (queries, keys) per segment;
+  # the products with the 64-wide values are left out.
+  logits = {shape for shape in re.findall(r"= f32\[4,(\d+),(\d+)\]\S* dot\(", hlo)
+            if "64" not in shape}
+  assert logits == {("4", "4"), ("4", "8"), ("7", "15")}, logits

@@ -83,11 +83,14 @@ def invert_block(block: flow_block.FlowBlock, z, y, plan: BlockPlan, *, tol: flo
   if guided:  # Weight for the update of token i+1 is guidance_weights[i]; pad token 0.
     weights = jnp.concatenate([jnp.zeros((1,), jnp.float32), guidance_weights])
   x = z_perm if plan.init == "latent" else jnp.zeros_like(z_perm).at[:, 0].set(z_perm[:, 0])
-  cache = transformer.KVCache.zeros(block.num_layers, (2 if guided else 1) * n, t,
+  # The cache grows segment by segment (like the sequential sampler's chunks): a sweep over
+  # tokens s0..s1−1 feeds positions s0−1..s1−2 and attends over those filled so far, not all T.
+  cache = transformer.KVCache.zeros(block.num_layers, (2 if guided else 1) * n, 0,
                                     pos.shape[-1], block.dtype)
   layers = transformer.unstack_layers(block.layers)
   counts = []
   for (s0, s1), budget in zip(zip(plan.boundaries, plan.boundaries[1:]), plan.budgets()):
+    cache = cache.grown(s1 - 1)
     z_seg = z_perm[:, s0:s1]
     pos_seg = pos[:, s0 - 1:s1 - 1]
 

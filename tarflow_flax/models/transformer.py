@@ -68,8 +68,8 @@ class KVCache(NamedTuple):
   ~3× slower sampling on CPU); one array per layer, so that a layer's update is in place and its
   read is the array itself (slicing a stacked (layers, …) cache copied it on every token).
   Position t holds token t of the block's own (possibly flipped) order once it has been fed;
-  later positions are masked out. The sequential sampler grows it chunk by chunk (`grown`), so a
-  step reads only the chunks filled so far.
+  later positions are masked out. The samplers grow it (`grown`) chunk by chunk (sequential) or
+  segment by segment (GS-Jacobi), so a step reads only the positions filled so far.
   """
   k: tuple[jax.Array, ...]
   v: tuple[jax.Array, ...]

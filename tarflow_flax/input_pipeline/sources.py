@@ -150,10 +150,11 @@ def prepare(data_config) -> None:
   outcome = client.blocking_key_value_get(key, BUILD_TIMEOUT_S * 1000)
   if outcome != "ok":
     raise DataError(f"process 0 could not prepare {data_config.name}: {outcome}")
-  if not _is_prepared(_builder(data_config)):
+  builder = _builder(data_config)  # Afresh: the first one was made before process 0 built.
+  if not _is_prepared(builder):
     logging.info("%s: data_dir not shared with process 0; building a copy for this process",
                  data_config.name)
-    _build(_builder(data_config), data_config)
+    _build(builder, data_config)
 
 
 def _base_split(split: str) -> str:

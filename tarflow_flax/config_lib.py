@@ -96,6 +96,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.sample_every_steps = 0        # 0: off.
   c.eval_every_steps = 0          # 0: off.
   c.num_eval_batches = -1         # -1: the whole eval split.
+  c.classify_noise_draws = 1      # Bayes classifier: noise draws per image, losses averaged.
   # In-training FID (off by default): samples from the EMA weights against reference statistics.
   c.fid_every_steps = 0
   c.fid = ml_collections.ConfigDict()
@@ -186,7 +187,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if c.grad_accum_steps < 1 or c.batch_size % c.grad_accum_steps:
     _fail("grad_accum_steps", f"must be >= 1 and divide batch_size={c.batch_size}",
           c.grad_accum_steps)
-  for key in ("num_train_steps", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
+  for key in ("num_train_steps", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
+              "classify_noise_draws"):
     if c[key] < 1:
       _fail(key, "must be >= 1", c[key])
   if c.fid_every_steps and not (c.fid.inception_pth and c.fid.ref_stats):

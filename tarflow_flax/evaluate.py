@@ -3,7 +3,7 @@
   python -m tarflow_flax.evaluate --config=configs/imagenet64.py:likelihood \
       --workdir=gs://BUCKET/in64 --metric=bpd --split=validation --num_dequant=4
   python -m tarflow_flax.evaluate --checkpoint=/ckpt/afhq --metric=bpd   # config from the checkpoint
-  python -m tarflow_flax.evaluate --workdir=/tmp/tarflow_default --metric=classify
+  python -m tarflow_flax.evaluate --workdir=/tmp/tarflow_default --metric=classify --num_noise_draws=8
   python -m tarflow_flax.evaluate --metric=fid --samples=DIR --ref_stats=imagenet_64_fid_stats.pth \
       --inception_pth=imagenet_64_fid_stats.pth --fid_protocol=reference
 
@@ -46,9 +46,12 @@ _FID_PROTOCOL = flags.DEFINE_enum("fid_protocol", "reference", ["reference", "py
                                   "(comparable with the paper); pytorch_fid: pytorch-fid's.")
 _SPLIT = flags.DEFINE_string("split", None, "TFDS split (default: config.data.eval_split).")
 _NUM_DEQUANT = flags.DEFINE_integer("num_dequant", 1, "Dequantization draws per image (bpd).")
+_NUM_NOISE_DRAWS = flags.DEFINE_integer(
+    "num_noise_draws", None, "Noise draws per image, class losses averaged (classify; default: "
+    "config.classify_noise_draws).", lower_bound=1)
 _NUM_BATCHES = flags.DEFINE_integer("num_batches", -1, "Limit batches (-1: the whole split).")
 _USE_EMA = flags.DEFINE_bool("use_ema", True, "Evaluate the EMA weights when present.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the dequantization noise.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the dequantization or classification noise.")
 _OUT = flags.DEFINE_string("out", None, "Also write the result as JSON here.")
 
 
@@ -82,6 +85,8 @@ def run_classify(config, root) -> dict:
   model, config, mesh, meta = runtime.restore_model(root, config, step=_STEP.value,
                                                     use_ema=_USE_EMA.value)
   graphdef, state = nnx.split(model)
+  if _NUM_NOISE_DRAWS.value is not None:
+    config.classify_noise_draws = _NUM_NOISE_DRAWS.value
   result = eval_lib.evaluate_accuracy(graphdef, state, config, mesh, split=_SPLIT.value,
                                       num_batches=_NUM_BATCHES.value, seed=_SEED.value)
   return {**result, "metric": "classify", "step": meta["step"], "weights": meta["weights"],

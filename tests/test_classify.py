@@ -39,8 +39,8 @@ def test_class_losses_are_the_training_loss_per_image(model_and_config):
   assert float(jnp.std(got[0])) > 1e-3  # The label matters.
 
 
-def _manual_accuracy(model, config):
-  """Independent re-computation on one device: same noise keys, one class at a time."""
+def _manual_accuracy(model, config, num_draws=1):
+  """Independent re-computation on one device: same noise keys, one class and draw at a time."""
   graphdef, state = nnx.split(model)
 
   @jax.jit
@@ -50,10 +50,13 @@ def _manual_accuracy(model, config):
 
   correct, count = np.zeros(10), np.zeros(10)
   for index, batch in enumerate(data_lib.create_eval_iterator(config)):
-    key = jax.random.fold_in(jax.random.key(0), index)
     images = batch["image_uint8"]
-    x = images.astype(np.float32) / 127.5 - 1.0 + 0.1 * jax.random.normal(key, images.shape)
-    prediction = np.argmin(np.stack([loss(x, c) for c in range(10)], axis=1), axis=1)
+    losses_ = np.zeros((len(images), 10))
+    for draw in range(num_draws):
+      key = jax.random.fold_in(jax.random.fold_in(jax.random.key(0), draw), index)
+      x = images.astype(np.float32) / 127.5 - 1.0 + 0.1 * jax.random.normal(key, images.shape)
+      losses_ += np.stack([loss(x, c) for c in range(10)], axis=1) / num_draws
+    prediction = np.argmin(losses_, axis=1)
     for p, y, m in zip(prediction, batch["label"], batch["mask"]):
       if m:
         correct[y] += p == y
@@ -74,17 +77,31 @@ def test_accuracy_counts_every_image_once_sharded(model_and_config):
   assert 0 < result["accuracy"] < 1
 
 
+def test_accuracy_averages_the_class_losses_over_noise_draws(model_and_config):
+  model, config = model_and_config
+  config = _conditional_config(**{"batch_size": 96, "classify_noise_draws": 3})
+  graphdef, state = nnx.split(model)
+  mesh = sharding.make_mesh(config.mesh)
+  result = eval_lib.evaluate_accuracy(graphdef, state, config, mesh)
+  correct, _ = _manual_accuracy(model, config, num_draws=3)
+  one_draw, _ = _manual_accuracy(model, config, num_draws=1)
+  assert result["noise_draws"] == 3
+  assert result["accuracy"] == pytest.approx(correct.sum() / 500, abs=1e-9)
+  np.testing.assert_allclose(result["per_class_accuracy"], correct / 50, atol=1e-9)
+  assert not np.array_equal(correct, one_draw)  # The extra draws changed some predictions.
+
+
 def test_classify_cli_and_unconditional_refusal(tmp_path):
   config = _conditional_config(**{"batch_size": 8})
   checkpoint.save_model_checkpoint(str(tmp_path / "cond"), models.build_model(config), config)
   out = tmp_path / "acc.json"
   run = subprocess.run(
       [sys.executable, "-m", "tarflow_flax.evaluate", f"--checkpoint={tmp_path / 'cond'}",
-       "--metric=classify", "--num_batches=2", f"--out={out}"], cwd=REPO, capture_output=True,
-      text=True, timeout=300)
+       "--metric=classify", "--num_batches=2", "--num_noise_draws=2", f"--out={out}"], cwd=REPO,
+      capture_output=True, text=True, timeout=300)
   assert run.returncode == 0, run.stderr[-2000:]
   data = json.loads(out.read_text())
-  assert data["metric"] == "classify" and data["num_images"] == 16
+  assert data["metric"] == "classify" and data["num_images"] == 16 and data["noise_draws"] == 2
   assert 0 <= data["accuracy"] <= 1 and len(data["per_class_accuracy"]) == 10
   uncond = tiny_config()
   checkpoint.save_model_checkpoint(str(tmp_path / "uncond"), models.build_model(uncond), uncond)

@@ -20,6 +20,9 @@ INSTALL_REQUIRES = [
     "importlib-resources==7.1.0",  # tfds 4.9.10 uses it without declaring it.
     "grain==0.2.18",
     "pillow==13.0.0",
+    # TFDS decodes the stored PNGs with OpenCV when it is there (faster than PIL; lossless, so
+    # the same pixels), and otherwise warns on every job.
+    "opencv-python-headless==4.14.0.94",
     "gcsfs==2026.10.1",  # etils.epath's gs:// backend where TensorFlow's is not used.
 ]
 

@@ -135,13 +135,15 @@ def _check_same_model(directory, step: int, config) -> None:
         f"{', '.join(changed)}; use a new --workdir, or the config that trained it")
 
 
-def _check_finite(step: int, metrics: dict[str, float], last_saved) -> None:
+def _check_finite(step: int, metrics: dict[str, float], last_saved, grad_clip_norm) -> None:
   bad = [k for k in ("loss", "grad_norm") if not np.isfinite(metrics[k])]
   if bad:
+    remedy = "lower learning_rate" + ("" if grad_clip_norm else " or set grad_clip_norm")
+    where = (f"The last good checkpoint (step {last_saved}) is intact: {remedy} and restart "
+             "from it." if last_saved is not None else
+             f"No checkpoint was written before it: {remedy} and start again.")
     raise NonFiniteLossError(
-        f"non-finite {bad[0]}={metrics[bad[0]]} at step {step}; training stopped. The last good "
-        f"checkpoint (step {last_saved}) is intact: lower learning_rate or set grad_clip_norm "
-        "and restart from it.")
+        f"non-finite {bad[0]}={metrics[bad[0]]} at step {step}; training stopped. {where}")
 
 
 def _write_config(workdir: epath.Path, config) -> None:
@@ -225,7 +227,7 @@ def train_and_evaluate(config, workdir) -> dict[str, float]:
       do_ckpt = step % config.checkpoint_every_steps == 0 or is_last or preempted
       if step % config.log_every_steps == 0 or do_ckpt:
         means = jax.device_get(jax.tree.map(lambda a: a / interval_steps, summed))
-        _check_finite(step, means, last_saved)
+        _check_finite(step, means, last_saved, config.grad_clip_norm)
         scalars = {f"train/{k}": float(v) for k, v in means.items() if k != "block_logdets"}
         scalars.update({f"train/logdet_block_{i}": float(v)
                         for i, v in enumerate(means["block_logdets"])})

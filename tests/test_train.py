@@ -117,6 +117,15 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   assert saved and saved[-1] < 8
 
 
+def test_non_finite_loss_before_any_checkpoint_says_so(tmp_path):
+  config = tiny_config(**{"num_train_steps": 8, "learning_rate": 1e30, "warmup_steps": 0,
+                          "grad_clip_norm": 1.0, "log_every_steps": 1})
+  with pytest.raises(train.NonFiniteLossError) as error:
+    train.train_and_evaluate(config, str(tmp_path))
+  assert str(error.value).endswith("No checkpoint was written before it: lower learning_rate "
+                                   "and start again.")
+
+
 def test_resume_onto_a_mesh_with_fewer_devices(tmp_path):
   # Saved on this process's 8 devices, resumed by a job on 2.
   train.train_and_evaluate(tiny_config(num_train_steps=2, checkpoint_every_steps=2),

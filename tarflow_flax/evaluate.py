@@ -163,8 +163,8 @@ def main() -> None:
     print(json.dumps(result, indent=2))
     if _OUT.value and _METRIC.value != "fid_stats":
       runtime.path(_OUT.value).write_text(json.dumps(result, indent=2))
-    headline = {k: result[k] for k in ("bpd", "bpd_stderr", "fid", "num_images", "out")
-                if k in result}
+    headline = {k: result[k] for k in ("bpd", "bpd_stderr", "accuracy", "noise_draws", "fid",
+                                       "num_images", "out") if k in result}
     print(f"done: {_METRIC.value} {json.dumps(headline)}"
           + (f", written to {_OUT.value}" if _OUT.value else ""), flush=True)
 

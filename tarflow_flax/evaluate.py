@@ -3,7 +3,8 @@
   python -m tarflow_flax.evaluate --config=configs/imagenet64.py:likelihood \
       --workdir=gs://BUCKET/in64 --metric=bpd --split=validation --num_dequant=4
   python -m tarflow_flax.evaluate --checkpoint=/ckpt/afhq --metric=bpd   # config from the checkpoint
-  python -m tarflow_flax.evaluate --workdir=/tmp/tarflow_default --metric=classify --num_noise_draws=8
+  python -m tarflow_flax.evaluate --workdir=/tmp/tarflow_default --metric=classify \
+      --num_noise_draws=8
   python -m tarflow_flax.evaluate --metric=fid --samples=DIR --ref_stats=imagenet_64_fid_stats.pth \
       --inception_pth=imagenet_64_fid_stats.pth --fid_protocol=reference
 

@@ -78,7 +78,7 @@ def test_accuracy_counts_every_image_once_sharded(model_and_config):
 
 
 def test_accuracy_averages_the_class_losses_over_noise_draws(model_and_config):
-  model, config = model_and_config
+  model, _ = model_and_config
   config = _conditional_config(**{"batch_size": 96, "classify_noise_draws": 3})
   graphdef, state = nnx.split(model)
   mesh = sharding.make_mesh(config.mesh)

@@ -5,10 +5,13 @@ import os
 import subprocess
 import sys
 
+import jax
+import ml_collections
+import numpy as np
 import pytest
 
 from conftest import REPO, tiny_config
-from tarflow_flax import compile_check, flops
+from tarflow_flax import compile_check, flops, sharding
 
 REPORT_KEYS = ("topology", "device_kind", "devices", "mesh", "batch", "fits", "hbm_per_chip_gib",
                "peak_memory_per_chip_gib", "compile_s", "model_tflops_per_step",
@@ -32,6 +35,25 @@ def test_tiny_train_step_compiles_for_a_tpu_slice(topology, kind, devices):
   # FSDP over 2 chips: parameters are gathered, gradients reduced.
   assert result["collectives"]["all-gather"]["count"] > 0
   json.dumps(result)  # The JSON line must serialise.
+
+
+def _ids(mesh_devices):
+  return np.vectorize(lambda d: d.id)(mesh_devices)
+
+
+def test_mesh_splits_a_torus_axis_where_it_must_and_matches_make_mesh_elsewhere():
+  # fsdp=4 on v6e-64 (an 8x8 torus) needs an 8-chip axis split in two; jax.make_mesh refuses.
+  v6e = compile_check.topology_devices("v6e:8x8")
+  mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": -1, "fsdp": 4}), v6e)
+  assert dict(mesh.shape) == {"data": 16, "fsdp": 4}
+  assert sorted(_ids(mesh.devices).ravel()) == sorted(d.id for d in v6e)
+  with pytest.raises(NotImplementedError):
+    jax.make_mesh((16, 4), sharding.DATA_AXES, devices=v6e)
+  for topology in ("v5p:2x2x2", "v5e:4x8"):  # Where make_mesh can, the same device order.
+    devices = compile_check.topology_devices(topology)
+    mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": -1, "fsdp": 4}), devices)
+    expected = jax.make_mesh(mesh.devices.shape, sharding.DATA_AXES, devices=devices)
+    np.testing.assert_array_equal(_ids(mesh.devices), _ids(expected.devices))
 
 
 def test_auto_attention_compiles_the_splash_kernel_for_tpu():

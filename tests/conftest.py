@@ -118,6 +118,12 @@ def tiny_config(**overrides):
   return config_lib.override(module.get_config(), overrides)
 
 
+def tiny_flags(**overrides) -> tuple[str, ...]:
+  """The command-line twin of tiny_config(**overrides): --config=configs/tiny.py --config.k=v."""
+  return (f"--config={os.path.join(REPO, 'configs', 'tiny.py')}",
+          *(f"--config.{key}={value}" for key, value in overrides.items()))
+
+
 def read_scalars(logdir) -> dict[str, dict[int, float]]:
   """{tag: {step: value}} from the TensorBoard events under `logdir` (last value per step)."""
   # pylint: disable=g-import-not-at-top

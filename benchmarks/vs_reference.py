@@ -135,8 +135,8 @@ def run_row(row, reference) -> dict:
     torch = reference[0]
     theirs = Theirs(torch, reference[1], config, config.data.noise_std)
     kwargs = models.model_kwargs(config)
-    for runtime_only in ("remat", "attention", "scan_layers", "cond_dim", "soft_clip"):
-      kwargs.pop(runtime_only)
+    for key in convert.RUNTIME_ONLY_KWARGS + ("cond_dim", "soft_clip"):
+      kwargs.pop(key)
     nnx.update(model, nnx.state(convert.model_from_torch_state_dict(theirs.state_dict(),
                                                                     **kwargs)))
   ours = Ours(config, model)

@@ -14,6 +14,7 @@ DATASETS = ("mnist_embedded", "downsampled_imagenet", "imagenet2012", "imagenet_
             "cifar10", "image_folder")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn", "splash")
+REMAT_POLICIES = ("full", "save_matmuls")
 
 
 class ConfigError(ValueError):
@@ -37,6 +38,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.num_classes = 0        # 0: unconditional.
   c.model.dtype = "float32"      # Compute dtype of matmuls; parameters are always float32.
   c.model.remat = False          # Rematerialise each transformer layer in the backward pass.
+  # What remat keeps from the forward pass: 'full' keeps only each layer's input (least memory);
+  # 'save_matmuls' keeps the Linear outputs too and recomputes only attention, norms and GELU.
+  c.model.remat_policy = "full"
   # Attention kernel: 'xla' (einsum, the reference path), 'cudnn' (jax.nn.dot_product_attention:
   # cuDNN flash attention on GPUs), 'splash' (Pallas TPU splash attention), 'auto' (by platform).
   c.model.attention = "auto"
@@ -158,6 +162,8 @@ def validate_model(m, image_size: int) -> None:
     _fail("model.num_classes", "must be >= 0", m.num_classes)
   if m.dtype not in COMPUTE_DTYPES:
     _fail("model.dtype", f"must be one of {COMPUTE_DTYPES}", m.dtype)
+  if getattr(m, "remat_policy", "full") not in REMAT_POLICIES:
+    _fail("model.remat_policy", f"must be one of {REMAT_POLICIES}", m.remat_policy)
   if getattr(m, "attention", "auto") not in ATTENTION_IMPLEMENTATIONS:
     _fail("model.attention", f"must be one of {ATTENTION_IMPLEMENTATIONS}", m.attention)
   if getattr(m, "cond_dim", 0) < 0:

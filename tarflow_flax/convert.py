@@ -26,6 +26,8 @@ __all__ = ["load_torch_state_dict", "model_from_torch_state_dict", "token_permut
            "UnsafePickleError", "StateDictMismatchError"]
 
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers.
+# TarFlow keywords that choose how the model runs, not which weights it has.
+RUNTIME_ONLY_KWARGS = ("remat", "remat_policy", "attention", "scan_layers")
 
 # torch sub-module path inside a transformer layer → our path inside the stacked layers.
 _LAYER_PARAMS = {
@@ -141,7 +143,7 @@ def model_from_pth(path: str, config) -> TarFlow:
   """Reads a `.pth` and builds the config's model from it (compute dtype from the config)."""
   from tarflow_flax.models import model_kwargs  # pylint: disable=g-import-not-at-top
   kwargs = model_kwargs(config)
-  for runtime_only in ("remat", "attention", "scan_layers"):  # Not part of the weights.
+  for runtime_only in RUNTIME_ONLY_KWARGS:
     kwargs.pop(runtime_only)
   kwargs.pop("soft_clip")  # Not a weight: the saved config carries it to whoever loads.
   if kwargs.pop("cond_dim"):

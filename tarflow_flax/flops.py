@@ -6,7 +6,8 @@ Per block with T tokens, width C, token size Cp and L layers (one multiply-add =
             QKᵀ and PV 2·(2·T²·C) halved by the causal mask              =  2·T²·C
   proj_out  2·T·C·Cp·(2 if NVP else 1)
 A training step costs 3× the forward (backward = 2× forward): the model FLOPs that MFU counts.
-Remat recomputes the forward once more in the backward pass: hardware FLOPs (HFU), 4× the forward.
+Remat recomputes the forward once more in the backward pass: hardware FLOPs (HFU), 4× the forward;
+with remat_policy 'save_matmuls' only the attention matmuls (QKᵀ, PV) are recomputed.
 """
 
 from __future__ import annotations
@@ -43,8 +44,14 @@ def forward_flops_per_image(config) -> float:
   total = 0.0
   for depth in config_lib.block_depths(m):
     total += 2 * tokens * token_dim * c + 2 * tokens * c * out_dim
-    total += depth * (24 * tokens * c * c + 2 * tokens * tokens * c)
-  return total
+    total += depth * 24 * tokens * c * c
+  return total + attention_flops_per_image(config)
+
+
+def attention_flops_per_image(config) -> float:
+  """The forward's QKᵀ and PV FLOPs for one image (causal: half of the full T×T products)."""
+  tokens, _, c, _ = _dims(config)
+  return sum(config_lib.block_depths(config.model)) * 2 * tokens * tokens * c
 
 
 def train_flops_per_image(config) -> float:
@@ -53,8 +60,13 @@ def train_flops_per_image(config) -> float:
 
 
 def hardware_train_flops_per_image(config) -> float:
-  """FLOPs the hardware executes per image: 3× forward, + a recomputed forward under remat (HFU)."""
-  return (4.0 if config.model.remat else 3.0) * forward_flops_per_image(config)
+  """FLOPs the hardware executes per image: 3× forward + what remat recomputes (HFU)."""
+  m = config.model
+  recomputed = 0.0
+  if m.remat:
+    recomputed = (attention_flops_per_image(config) if m.remat_policy == "save_matmuls"
+                  else forward_flops_per_image(config))
+  return 3.0 * forward_flops_per_image(config) + recomputed
 
 
 def utilization(flops_per_image: float, images_per_sec: float, peak_tflops_per_device: float,

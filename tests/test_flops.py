@@ -63,6 +63,10 @@ def test_mfu_counts_model_flops_and_hfu_the_remat_recompute():
   assert flops.train_flops_per_image(plain) == flops.train_flops_per_image(remat) == 3 * forward
   assert flops.hardware_train_flops_per_image(plain) == 3 * forward
   assert flops.hardware_train_flops_per_image(remat) == 4 * forward
+  # 'save_matmuls' recomputes only QKᵀ and PV: 2·T²·C per layer (T=64, C=128, 2 + 1 layers).
+  save_matmuls = _config(remat=True, remat_policy="save_matmuls")
+  assert flops.train_flops_per_image(save_matmuls) == 3 * forward
+  assert flops.hardware_train_flops_per_image(save_matmuls) == 3 * forward + 3 * 2 * 64**2 * 128
   # 100 images/s of 1 TFLOP each on 4 chips of 200 TFLOP/s peak: 12.5 %.
   assert flops.utilization(1e12, 100.0, 200.0, 4) == pytest.approx(0.125)
 

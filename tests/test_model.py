@@ -90,12 +90,31 @@ def _grads(model, x):
   return jax.tree.leaves(nnx.state(nnx.grad(loss_fn)(model), nnx.Param))
 
 
-def test_remat_gives_identical_gradients():
+@pytest.mark.parametrize("policy", config_lib.REMAT_POLICIES)
+def test_remat_gives_identical_gradients(policy):
   plain = tiny_model(layers_per_block=2)
-  remat = tiny_model(layers_per_block=2, remat=True)
+  remat = tiny_model(layers_per_block=2, remat=True, remat_policy=policy)
   x = random_images(2, plain)
   for g1, g2 in zip(_grads(plain, x), _grads(remat, x)):
     np.testing.assert_allclose(g1, g2, rtol=1e-5, atol=1e-7)
+
+
+def test_save_matmuls_recomputes_only_the_attention_matmuls():
+  def gradient_matmuls(**remat):
+    model = tiny_model(layers_per_block=2, scan_layers=False, attention="xla", **remat)
+    graphdef, state = nnx.split(model)
+    x = random_images(2, model)
+
+    def loss_fn(state):
+      z, logdets, _ = nnx.merge(graphdef, state)(x)
+      return losses.nll_loss(z, logdets)
+    return jax.jit(jax.grad(loss_fn)).lower(state).as_text().count("stablehlo.dot_general")
+
+  layers = 2 * 2
+  plain = gradient_matmuls()
+  # The recomputed forward of each layer: QKᵀ and PV only; 'full' also redoes its Linears.
+  assert gradient_matmuls(remat=True, remat_policy="save_matmuls") == plain + 2 * layers
+  assert gradient_matmuls(remat=True, remat_policy="full") > plain + 2 * layers
 
 
 def test_bfloat16_compute_within_bf16_tolerance():
@@ -156,6 +175,7 @@ def test_guidance_changes_samples_and_annealing_weights():
     (dict(img_size=10, patch_size=4), "divisible by model.patch_size"),
     (dict(layers_per_block=(1, 2, 3)), "one per block"),
     (dict(dtype="float16"), "model.dtype"),
+    (dict(remat=True, remat_policy="dots"), "model.remat_policy"),
 ])
 def test_bad_model_config_is_refused(kwargs, message):
   base = dict(in_channels=1, img_size=8, patch_size=2, channels=64, num_blocks=2,

@@ -15,8 +15,8 @@ def model_kwargs(config) -> dict:
               channels=m.channels, num_blocks=m.num_blocks,
               layers_per_block=lpb if isinstance(lpb, int) else tuple(lpb), nvp=m.nvp,
               num_classes=m.num_classes, dtype=m.dtype, remat=m.remat,
-              attention=m.attention, scan_layers=m.scan_layers, cond_dim=m.cond_dim,
-              soft_clip=m.soft_clip)
+              remat_policy=m.remat_policy, attention=m.attention, scan_layers=m.scan_layers,
+              cond_dim=m.cond_dim, soft_clip=m.soft_clip)
 
 
 def build_model(config, rngs: nnx.Rngs | None = None) -> TarFlow:

@@ -33,13 +33,14 @@ class FlowBlock(nnx.Module):
 
   def __init__(self, *, token_dim: int, num_tokens: int, channels: int, num_layers: int,
                nvp: bool, num_classes: int, flip: bool, dtype, remat: bool = False,
-               scan_layers: bool = True, cond_dim: int = 0, soft_clip: float = 0.0,
+               remat_policy: str = "full", scan_layers: bool = True, cond_dim: int = 0, soft_clip: float = 0.0,
                rngs: nnx.Rngs):
     self.token_dim = token_dim
     self.nvp = nvp
     self.flip = flip
     self.dtype = dtype
     self.remat = remat
+    self.remat_policy = remat_policy
     self.scan_layers = scan_layers
     self.soft_clip = float(soft_clip)
     embed_init = jax.nn.initializers.normal(EMBED_INIT_STD)
@@ -142,7 +143,8 @@ class FlowBlock(nnx.Module):
     pos = self.permute(self.pos_embed[...][None])
     h = self.embed(x_perm, pos, cond)
     h = transformer.apply_layer_stack(self.layers, h, temperature, remat=self.remat,
-                                      scan=self.scan_layers, cond=adaln)
+                                      remat_policy=self.remat_policy, scan=self.scan_layers,
+                                      cond=adaln)
     out = self.proj_out(h.astype(self.dtype))
     out = jnp.concatenate([jnp.zeros_like(out[:, :1]), out[:, :-1]], axis=1)
     return self.split_params(out)

@@ -30,14 +30,14 @@ class TarFlow(nnx.Module):
 
   def __init__(self, *, in_channels: int, img_size: int, patch_size: int, channels: int,
                num_blocks: int, layers_per_block, nvp: bool = True, num_classes: int = 0,
-               dtype: str = "float32", remat: bool = False, scan_layers: bool = True,
-               attention: str = "auto", cond_dim: int = 0, soft_clip: float = 0.0,
-               rngs: nnx.Rngs):
+               dtype: str = "float32", remat: bool = False, remat_policy: str = "full",
+               scan_layers: bool = True, attention: str = "auto", cond_dim: int = 0,
+               soft_clip: float = 0.0, rngs: nnx.Rngs):
     spec = types.SimpleNamespace(
         in_channels=in_channels, patch_size=patch_size, channels=channels,
         num_blocks=num_blocks, layers_per_block=layers_per_block, nvp=nvp,
-        num_classes=num_classes, dtype=dtype, attention=attention, cond_dim=cond_dim,
-        soft_clip=soft_clip)
+        num_classes=num_classes, dtype=dtype, remat_policy=remat_policy, attention=attention,
+        cond_dim=cond_dim, soft_clip=soft_clip)
     config_lib.validate_model(spec, img_size)
     self.in_channels = in_channels
     self.img_size = img_size
@@ -55,7 +55,8 @@ class TarFlow(nnx.Module):
           flow_block.FlowBlock(
               token_dim=self.token_dim, num_tokens=self.num_tokens, channels=channels,
               num_layers=depth, nvp=nvp, num_classes=num_classes, flip=bool(i % 2),
-              dtype=jnp.dtype(dtype), remat=remat, scan_layers=scan_layers, cond_dim=cond_dim,
+              dtype=jnp.dtype(dtype), remat=remat, remat_policy=remat_policy, scan_layers=scan_layers,
+              cond_dim=cond_dim,
               soft_clip=soft_clip, rngs=rngs)
           for i, depth in enumerate(config_lib.block_depths(spec))
       ])

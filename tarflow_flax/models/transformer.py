@@ -21,6 +21,11 @@ from tarflow_flax.config_lib import HEAD_DIM
 from tarflow_flax.models import attention as attention_lib
 
 LAYER_NORM_EPS = 1e-5
+# What a rematerialised layer keeps from the forward pass (None: only its input). Linear outputs
+# are dot_generals without batch dimensions; the attention einsums have batch dimensions (and the
+# splash kernel is no dot), so 'save_matmuls' recomputes attention, norms and GELU only.
+REMAT_POLICIES = {"full": None,
+                  "save_matmuls": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 
 
 def _torch_default_init(fan_in: int):
@@ -203,11 +208,12 @@ def make_layer_stack(num_layers: int, channels: int, *, dtype, adaln: bool = Fal
 
 
 def apply_layer_stack(layers: TransformerLayer, x, temperature=1.0, *, remat: bool = False,
-                      scan: bool = True, cond=None):
+                      remat_policy: str = "full", scan: bool = True, cond=None):
   """Applies stacked layers in order: `nnx.scan` (one compiled layer body) or unrolled.
 
   temperature: attention temperature, a scalar or one per example (N,).
   cond: AdaLN conditioning vector (N, C) or None.
+  remat_policy: what remat saves for the backward pass (config_lib.REMAT_POLICIES).
   """
 
   def body(layer, h):
@@ -216,7 +222,7 @@ def apply_layer_stack(layers: TransformerLayer, x, temperature=1.0, *, remat: bo
   # graph=False (tree mode): the stack is a plain pytree here, which also lets these transforms
   # run inside raw JAX transforms (jax.grad, lax loops) that close over the model.
   if remat:
-    body = nnx.remat(body, graph=False)
+    body = nnx.remat(body, graph=False, policy=REMAT_POLICIES[remat_policy])
   if scan:
     return nnx.scan(body, in_axes=(0, nnx.Carry), out_axes=nnx.Carry, graph=False)(layers, x)
   for layer in unstack_layers(layers):

@@ -108,9 +108,17 @@ def load_model(directory, config=None, *, step: int | None = None, use_ema: bool
   mesh: restore each parameter straight into its sharding on this mesh (default: one device).
   Returns (model, meta) with meta["step"] and meta["weights"] ('ema' or 'model') added.
   """
-  from tarflow_flax import sharding  # pylint: disable=g-import-not-at-top
   step, meta = read_meta(directory, step)
-  config = config or config_from_meta(meta)
+  model, item = restore_weights(directory, step, config or config_from_meta(meta),
+                                use_ema=use_ema, mesh=mesh)
+  return model, {**meta, "step": step, "weights": item}
+
+
+def restore_weights(directory, step: int, config, *, use_ema: bool = True,
+                    mesh=None) -> tuple[models.TarFlow, str]:
+  """(the config's model with the weights of `step`, 'ema' or 'model': which weights); mesh as in
+  `load_model`."""
+  from tarflow_flax import sharding  # pylint: disable=g-import-not-at-top
   abstract = nnx.eval_shape(lambda: models.build_model(config))
   graphdef, abstract_state = nnx.split(abstract)
   has_ema = (epath.Path(directory) / str(step) / EMA).exists()
@@ -129,5 +137,4 @@ def load_model(directory, config=None, *, step: int | None = None, use_ema: bool
       raise CheckpointError(
           f"checkpoint {directory} step {step}: cannot restore '{item}' for this config "
           f"({type(e).__name__}: {str(e).splitlines()[0][:300]})") from e
-  model = nnx.merge(graphdef, restored[item])
-  return model, {**meta, "step": step, "weights": item}
+  return nnx.merge(graphdef, restored[item]), item

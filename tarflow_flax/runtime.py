@@ -154,8 +154,8 @@ def restore_model(root, config=None, *, step: int | None = None, use_ema: bool =
   config = config or checkpoint.config_from_meta(meta)
   config_lib.validate(config)
   mesh = make_mesh(config)
-  model, meta = checkpoint.load_model(root, config, step=step, use_ema=use_ema, mesh=mesh)
-  return model, config, mesh, meta
+  model, weights = checkpoint.restore_weights(root, step, config, use_ema=use_ema, mesh=mesh)
+  return model, config, mesh, {**meta, "step": step, "weights": weights}
 
 
 class StopSignal:

@@ -224,6 +224,8 @@ def report(compiled, *, topology: str, devices, mesh, batch: int, compile_s: flo
     result["cost_model_step_s"] = step_s
     if peak_tflops:
       result["cost_model_mfu"] = model_flops / len(devices) / (step_s * peak_tflops * 1e12)
+  else:  # libtpu answers a negative time for a program it cannot estimate.
+    result["cost_model_note"] = f"the TPU cost model gave no step time (optimal_seconds={step_s})"
   return result
 
 

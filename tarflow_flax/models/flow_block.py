@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from tarflow_flax import sharding
 from tarflow_flax.models import transformer
 
 EMBED_INIT_STD = 1e-2  # Reference init of pos_embed and class_embed.
@@ -80,7 +81,8 @@ class FlowBlock(nnx.Module):
     """(N, 1, C) float32 class embedding; y=None or label -1 gives the mean over classes."""
     if self.class_embed is None:
       return None
-    table = self.class_embed[...]
+    # The whole (small) table on every device, so each looks up its own rows of the batch.
+    table = sharding.constrain(self.class_embed[...], (None, None))
     mean = jnp.mean(table, axis=0)
     if y is None:
       return jnp.broadcast_to(mean, (batch, 1, table.shape[1]))

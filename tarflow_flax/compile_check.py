@@ -252,7 +252,8 @@ def check_train(config, topology: str, batch: int | None = None) -> dict:
                   compile_s=compile_s, model_flops=batch * flops.train_flops_per_image(
                       config), scan_layers=config.model.scan_layers)
   result.update(what="train", attention=config.model.attention, remat=config.model.remat,
-                remat_policy=config.model.remat_policy, dtype=config.model.dtype, grad_accum_steps=config.grad_accum_steps)
+                remat_policy=config.model.remat_policy, dtype=config.model.dtype,
+                grad_accum_steps=config.grad_accum_steps)
   if not result["fits"]:
     raise DoesNotFit(f"needs {result['peak_memory_per_chip_gib']:.1f} GiB per chip, "
                      f"the chips have {result['hbm_per_chip_gib']:.0f} GiB")

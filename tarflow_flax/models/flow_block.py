@@ -34,8 +34,8 @@ class FlowBlock(nnx.Module):
 
   def __init__(self, *, token_dim: int, num_tokens: int, channels: int, num_layers: int,
                nvp: bool, num_classes: int, flip: bool, dtype, remat: bool = False,
-               remat_policy: str = "full", scan_layers: bool = True, cond_dim: int = 0, soft_clip: float = 0.0,
-               rngs: nnx.Rngs):
+               remat_policy: str = "full", scan_layers: bool = True, cond_dim: int = 0,
+               soft_clip: float = 0.0, rngs: nnx.Rngs):
     self.token_dim = token_dim
     self.nvp = nvp
     self.flip = flip

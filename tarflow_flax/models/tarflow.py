@@ -55,9 +55,8 @@ class TarFlow(nnx.Module):
           flow_block.FlowBlock(
               token_dim=self.token_dim, num_tokens=self.num_tokens, channels=channels,
               num_layers=depth, nvp=nvp, num_classes=num_classes, flip=bool(i % 2),
-              dtype=jnp.dtype(dtype), remat=remat, remat_policy=remat_policy, scan_layers=scan_layers,
-              cond_dim=cond_dim,
-              soft_clip=soft_clip, rngs=rngs)
+              dtype=jnp.dtype(dtype), remat=remat, remat_policy=remat_policy,
+              scan_layers=scan_layers, cond_dim=cond_dim, soft_clip=soft_clip, rngs=rngs)
           for i, depth in enumerate(config_lib.block_depths(spec))
       ])
     for _, module in nnx.iter_modules(self):  # The attention kernel is a static attribute.

@@ -135,7 +135,7 @@ def run_row(row, reference) -> dict:
     torch = reference[0]
     theirs = Theirs(torch, reference[1], config, config.data.noise_std)
     kwargs = models.model_kwargs(config)
-    for key in convert.RUNTIME_ONLY_KWARGS + ("cond_dim", "soft_clip"):
+    for key in ("cond_dim", "soft_clip"):  # Not in reference checkpoints.
       kwargs.pop(key)
     nnx.update(model, nnx.state(convert.model_from_torch_state_dict(theirs.state_dict(),
                                                                     **kwargs)))

@@ -15,6 +15,10 @@ DATASETS = ("mnist_embedded", "downsampled_imagenet", "imagenet2012", "imagenet_
 COMPUTE_DTYPES = ("float32", "bfloat16")
 ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn", "splash")
 REMAT_POLICIES = ("full", "save_matmuls")
+# `config.model` keys that choose how the model runs, not which weights it has (the parameter tree
+# is the same stacked tree whatever their values): a run may resume, fine-tune or load converted
+# weights with any of them changed.
+RUNTIME_ONLY_MODEL_KEYS = ("dtype", "remat", "remat_policy", "attention", "scan_layers")
 
 
 class ConfigError(ValueError):

@@ -26,8 +26,6 @@ __all__ = ["load_torch_state_dict", "model_from_torch_state_dict", "token_permut
            "UnsafePickleError", "StateDictMismatchError"]
 
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers.
-# TarFlow keywords that choose how the model runs, not which weights it has.
-RUNTIME_ONLY_KWARGS = ("remat", "remat_policy", "attention", "scan_layers")
 
 # torch sub-module path inside a transformer layer → our path inside the stacked layers.
 _LAYER_PARAMS = {
@@ -103,15 +101,20 @@ def _torch_layout(model: TarFlow) -> dict[str, tuple[tuple, Callable, tuple]]:
 def model_from_torch_state_dict(state_dict: dict[str, np.ndarray], *, in_channels: int,
                                 img_size: int, patch_size: int, channels: int, num_blocks: int,
                                 layers_per_block, nvp: bool = True, num_classes: int = 0,
-                                dtype: str = "float32") -> TarFlow:
+                                **runtime_options) -> TarFlow:
   """A float32-parameter TarFlow holding the reference state_dict's weights.
 
+  runtime_options: any of `config_lib.RUNTIME_ONLY_MODEL_KEYS` (dtype, remat, ...), passed to the
+  model; they do not change which weights it has.
   Raises StateDictMismatchError naming the first missing, unexpected or mis-shaped key.
   """
+  unknown = set(runtime_options) - set(config_lib.RUNTIME_ONLY_MODEL_KEYS)
+  if unknown:
+    raise TypeError(f"not runtime-only model options: {sorted(unknown)}")
   kwargs = dict(in_channels=in_channels, img_size=img_size, patch_size=patch_size,
                 channels=channels, num_blocks=num_blocks, layers_per_block=layers_per_block,
-                nvp=nvp, num_classes=num_classes, dtype=dtype)
-  model = nnx.eval_shape(lambda: TarFlow(**kwargs, rngs=nnx.Rngs(0)))
+                nvp=nvp, num_classes=num_classes)
+  model = nnx.eval_shape(lambda: TarFlow(**kwargs, **runtime_options, rngs=nnx.Rngs(0)))
   layout = _torch_layout(model)
   state_dict = _strip_wrappers(state_dict)
   for key in state_dict:
@@ -143,8 +146,6 @@ def model_from_pth(path: str, config) -> TarFlow:
   """Reads a `.pth` and builds the config's model from it (compute dtype from the config)."""
   from tarflow_flax.models import model_kwargs  # pylint: disable=g-import-not-at-top
   kwargs = model_kwargs(config)
-  for runtime_only in RUNTIME_ONLY_KWARGS:
-    kwargs.pop(runtime_only)
   kwargs.pop("soft_clip")  # Not a weight: the saved config carries it to whoever loads.
   if kwargs.pop("cond_dim"):
     raise config_lib.ConfigError("config.model.cond_dim: reference checkpoints have no AdaLN "

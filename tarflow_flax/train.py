@@ -125,9 +125,9 @@ def _check_same_model(directory, step: int, config) -> None:
   """Refuses to resume a checkpoint written for another model (one line naming the keys)."""
   _, meta = checkpoint.read_meta(directory, step)
   saved = checkpoint.config_from_meta(meta)
-  runtime_only = ("dtype", "remat", "remat_policy")  # May change on resume: same weights.
   changed = sorted(k for k in set(saved.model) | set(config.model)
-                   if k not in runtime_only and saved.model.get(k) != config.model.get(k))
+                   if k not in config_lib.RUNTIME_ONLY_MODEL_KEYS
+                   and saved.model.get(k) != config.model.get(k))
   if saved.image_size != config.image_size:
     changed.insert(0, "image_size")
   if changed:

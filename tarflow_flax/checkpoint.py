@@ -21,7 +21,7 @@ from orbax.checkpoint._src.metadata import array_metadata_store
 from orbax.checkpoint._src.serialization import type_handler_registry
 from flax import nnx
 
-from tarflow_flax import config_lib, models
+from tarflow_flax import config_lib, models, paths
 
 MODEL, EMA, META = "model", "ema", "meta"
 
@@ -46,10 +46,9 @@ class CheckpointError(RuntimeError):
 def manager(directory, *, max_to_keep: int | None = None, async_save: bool = False,
             create: bool = True) -> ocp.CheckpointManager:
   """A CheckpointManager rooted at `directory` (local or gs://; created if needed)."""
-  from tarflow_flax import runtime  # pylint: disable=g-import-not-at-top
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create,
                                          enable_async_checkpointing=async_save)
-  return ocp.CheckpointManager(runtime.path(directory), options=options)
+  return ocp.CheckpointManager(paths.path(directory), options=options)
 
 
 def save_model_checkpoint(directory, model: models.TarFlow, config, *, step: int = 0,

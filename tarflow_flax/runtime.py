@@ -26,6 +26,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from tarflow_flax import config_lib
+from tarflow_flax.paths import path  # Every job's user paths (runtime.path).
 
 # sysexits' EX_TEMPFAIL: "temporary failure, retry". Distinct from success (0), a Python failure
 # (1) and a kill by signal (128+n), so a supervisor knows to rerun the same command.
@@ -119,12 +120,6 @@ def run(job: Callable[[], Any]) -> None:
       sys.exit(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
 
   app.run(main, flags_parser=_parse_flags)
-
-
-def path(value: str | os.PathLike) -> epath.Path:
-  """A user path: gs://… (or another URL) as is, a local path made absolute."""
-  value = os.fspath(value)
-  return epath.Path(value) if "://" in value else epath.Path(os.path.abspath(value))
 
 
 def checkpoint_root(workdir: str | None, checkpoint: str | None) -> epath.Path:

@@ -10,27 +10,16 @@ methods:
 
 from __future__ import annotations
 
-import functools
 import time
 
 import jax
-import jax.numpy as jnp
-from flax import nnx
 
-from tarflow_flax.models import flow_block
 from tarflow_flax.sampling import jacobi, strategy
 from tarflow_flax.sampling.denoise import denoise
+from tarflow_flax.sampling.jacobi import DEFAULT_TOL, run_plans
 
 METHODS = ("sequential", "jacobi", "gs_jacobi", "auto")
-DEFAULT_TOL = 1e-6
 DEFAULT_GS_SEGMENTS = 8
-
-
-@functools.partial(nnx.jit, static_argnames=("plans", "guide_what"))
-def _parallel(model, noise, y, weights, attn_temp, tol, y_cont, *, plans, guide_what):
-  tokens, counts = jacobi.invert(model, noise, y, plans, tol=tol, guidance_weights=weights,
-                                 guide_what=guide_what, attn_temp=attn_temp, y_cont=y_cont)
-  return model.unpatchify(tokens), counts
 
 
 def plans_for(model, method: str, *, max_iters=None, num_segments=None, init="latent",
@@ -45,18 +34,6 @@ def plans_for(model, method: str, *, max_iters=None, num_segments=None, init="la
                               init, clamp)
     plans.append(plan)
   return tuple(plans)
-
-
-def run_plans(model, noise_tokens, y, plans, *, guidance=0.0, guide_what="ab", attn_temp=1.0,
-              annealed_guidance=False, tol=DEFAULT_TOL, y_cont=None):
-  """Parallel inverse with explicit per-block plans → (images, iterations per block)."""
-  weights = None
-  if guidance > 0 and guide_what:
-    weights = flow_block.guidance_weights(model.num_tokens, guidance, annealed_guidance)
-  images, counts = _parallel(model, jnp.asarray(noise_tokens, jnp.float32), y, weights,
-                             jnp.float32(attn_temp), jnp.float32(tol), y_cont, plans=tuple(plans),
-                             guide_what=guide_what)
-  return images, [[int(c) for c in jax.device_get(count)] for count in counts]
 
 
 def sample(model, noise_tokens, y=None, *, method: str = "sequential", guidance: float = 0.0,

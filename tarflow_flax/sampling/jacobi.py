@@ -17,13 +17,17 @@ sampler (conditional and unconditional passes batched together).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from tarflow_flax.models import flow_block, transformer
+
+DEFAULT_TOL = 1e-6
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,3 +139,22 @@ def invert(model, noise_tokens, y, plans: Sequence[BlockPlan], *, tol: float,
                             guide_what=guide_what, attn_temp=attn_temp, y_cont=y_cont)
     counts.append(count)
   return x, counts
+
+
+@functools.partial(nnx.jit, static_argnames=("plans", "guide_what"))
+def _parallel(model, noise, y, weights, attn_temp, tol, y_cont, *, plans, guide_what):
+  tokens, counts = invert(model, noise, y, plans, tol=tol, guidance_weights=weights,
+                          guide_what=guide_what, attn_temp=attn_temp, y_cont=y_cont)
+  return model.unpatchify(tokens), counts
+
+
+def run_plans(model, noise_tokens, y, plans, *, guidance=0.0, guide_what="ab", attn_temp=1.0,
+              annealed_guidance=False, tol=DEFAULT_TOL, y_cont=None):
+  """Parallel inverse with explicit per-block plans → (images, iterations per block)."""
+  weights = None
+  if guidance > 0 and guide_what:
+    weights = flow_block.guidance_weights(model.num_tokens, guidance, annealed_guidance)
+  images, counts = _parallel(model, jnp.asarray(noise_tokens, jnp.float32), y, weights,
+                             jnp.float32(attn_temp), jnp.float32(tol), y_cont, plans=tuple(plans),
+                             guide_what=guide_what)
+  return images, [[int(c) for c in jax.device_get(count)] for count in counts]

@@ -67,7 +67,6 @@ def calibrate(model, noise_tokens, y=None, *, tol: float, guidance: float = 0.0,
   (the fastest counts). reject_saturated: drop candidates whose sweeps reach a segment's length
   (False keeps them, e.g. to study parallel plans only).
   """
-  from tarflow_flax.sampling import api  # pylint: disable=g-import-not-at-top
   n = min(calibration_size, noise_tokens.shape[0])
   noise = jnp.asarray(noise_tokens[:n], jnp.float32)
   y_cal = None if y is None else jnp.asarray(y)[:n]
@@ -116,7 +115,7 @@ def calibrate(model, noise_tokens, y=None, *, tol: float, guidance: float = 0.0,
 
   attempt_tol = tol
   for attempt in range(4):
-    images, _ = api.run_plans(model, noise, y_cal, plans, tol=attempt_tol, y_cont=c_cal, **kwargs)
+    images, _ = jacobi.run_plans(model, noise, y_cal, plans, tol=attempt_tol, y_cont=c_cal, **kwargs)
     deviation = _relative(images, exact)
     if deviation <= max_deviation:
       break

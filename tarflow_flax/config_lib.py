@@ -73,10 +73,16 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.batch_size = 16               # Global batch over all hosts.
   c.grad_accum_steps = 1
+  # Training length: num_train_steps > 0 is used as is; 0 derives it from num_epochs passes over
+  # the train split, ceil(num_epochs · examples / batch_size) (the reference's --epochs).
   c.num_train_steps = 100
+  c.num_epochs = 0.0
   c.learning_rate = 1e-4
   c.min_learning_rate = 1e-6
+  # Warm-up likewise: warmup_steps > 0 as is; 0 derives it from warmup_epochs (the reference
+  # warms up for one epoch); both 0: no warm-up.
   c.warmup_steps = 10
+  c.warmup_epochs = 0.0
   c.weight_decay = 1e-4
   c.adam_b1 = 0.9
   c.adam_b2 = 0.95
@@ -193,7 +199,13 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if c.grad_accum_steps < 1 or c.batch_size % c.grad_accum_steps:
     _fail("grad_accum_steps", f"must be >= 1 and divide batch_size={c.batch_size}",
           c.grad_accum_steps)
-  for key in ("num_train_steps", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
+  for key in ("num_epochs", "warmup_epochs"):
+    if c[key] < 0:
+      _fail(key, "must be >= 0", c[key])
+  if c.num_train_steps < 0 or (c.num_train_steps == 0 and not c.num_epochs):
+    _fail("num_train_steps", "must be >= 1, or 0 with num_epochs > 0 (derived from the train "
+          "split's size)", c.num_train_steps)
+  for key in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
               "classify_noise_draws"):
     if c[key] < 1:
       _fail(key, "must be >= 1", c[key])

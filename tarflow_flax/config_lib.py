@@ -123,6 +123,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.sample.attn_temp = 1.0
   c.sample.annealed_guidance = False
   c.sample.denoise = True         # Score-based denoising step with data.noise_std.
+  # Its step as a multiple of σ²·∇log p (1: the theoretical optimum; 0: off), the reference
+  # FID script's --self_denoising_lr.
+  c.sample.denoise_lr = 1.0
   return c
 
 
@@ -223,5 +226,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _fail("learning_rate", "must be > 0", c.learning_rate)
   if c.sample.guide_what not in ("", "a", "b", "ab"):
     _fail("sample.guide_what", "must be one of '', 'a', 'b', 'ab'", c.sample.guide_what)
+  if c.sample.denoise_lr < 0:
+    _fail("sample.denoise_lr", "must be >= 0 (0: no denoising)", c.sample.denoise_lr)
   if c.sample.attn_temp <= 0:
     _fail("sample.attn_temp", "must be > 0", c.sample.attn_temp)

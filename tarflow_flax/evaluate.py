@@ -122,7 +122,8 @@ def run_fid() -> dict:
                         "source": reference.source, "fid_protocol": reference.protocol},
           "sampling": {k: settings.get(k) for k in ("method", "guidance", "guide_what",
                                                     "attn_temp", "annealed_guidance",
-                                                    "denoise_std", "step", "weights")}}
+                                                    "denoise_std", "denoise_lr", "redrawn",
+                                                    "step", "weights")}}
 
 
 def run_fid_stats(config) -> dict:

@@ -78,7 +78,7 @@ def sample_options(config) -> dict[str, Any]:
   denoise = s.denoise and config.data.noise_type == "gaussian"
   return dict(guidance=s.guidance, guide_what=s.guide_what, attn_temp=s.attn_temp,
               annealed_guidance=s.annealed_guidance,
-              denoise_std=config.data.noise_std if denoise else None)
+              denoise_std=config.data.noise_std if denoise else None, denoise_lr=s.denoise_lr)
 
 
 def generate_samples(graphdef, model_state, config, mesh, num_images: int, seed: int):

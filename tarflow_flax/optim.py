@@ -20,8 +20,9 @@ def derive_step_counts(config, num_examples: int) -> None:
     if config[steps_key] == 0 and config[epochs_key] > 0:
       config[steps_key] = steps_for_epochs(config[epochs_key], num_examples, config.batch_size)
       derived.append(f"{steps_key}={config[steps_key]} ({config[epochs_key]:g} epochs)")
-  logging.info("Schedule: %d steps, warm-up %d, at batch %d over %d train examples (%.2f epochs)%s",
-               config.num_train_steps, config.warmup_steps, config.batch_size, num_examples,
+  logging.info("Schedule: %d steps, warm-up %d, at batch %d over the %d examples of %s:%s "
+               "(%.2f epochs)%s", config.num_train_steps, config.warmup_steps, config.batch_size,
+               num_examples, config.data.name, config.data.train_split,
                config.num_train_steps * config.batch_size / num_examples,
                f"; derived {', '.join(derived)}" if derived else "")
 

@@ -1,6 +1,8 @@
 """denoise_lr scales the denoising step (1: today's σ²∇log p exactly); non-finite samples are
 drawn again from fresh, reproducible latents."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -96,3 +98,18 @@ def test_samples_that_stay_non_finite_stop_the_job(model, monkeypatch):
   with pytest.raises(FloatingPointError, match=r"samples \[10, 11, 12, 13, 14\] stayed "
                                                r"non-finite after 8 fresh draws"):
     _generate(model, mesh)
+
+
+def test_the_sample_job_counts_redraws_in_sampling_json_across_a_resume(tmp_path):
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  from tarflow_flax import sample  # pylint: disable=g-import-not-at-top  (defines job flags)
+  outdir, settings = epath.Path(tmp_path), {"seed": 3, "denoise_lr": 0.5}
+  sample.check_outdir(outdir, settings)
+  sample.record_redrawn(outdir, 3, 2)
+  sample.record_redrawn(outdir, 5, 0)
+  sample.record_redrawn(outdir, 7, 1)
+  assert sample.redrawn_total(outdir) == 3
+  # A resumed job is not refused for the counts, and a shard written again counts once.
+  sample.check_outdir(outdir, settings)
+  sample.record_redrawn(outdir, 3, 2)
+  assert json.loads((outdir / "sampling.json").read_text())["redrawn"] == {"3": 2, "7": 1}

@@ -3,9 +3,9 @@
 Sample i of a run with seed s has the latent drawn from fold_in(key(s), i) (redrawn from keys
 folded further if it came out non-finite) and (conditional models) the class i mod num_classes,
 or the i-th entry of a class list cycled: each image depends on (seed, i) only, not on the batch
-it falls in, nor on the device or process count. A batch is
-zero-padded to a size the data-parallel devices divide (one compiled shape for every batch) and
-split over them, so every device computes only its own rows.
+it falls in, nor on the device or process count. A batch is zero-padded to a size the
+data-parallel devices divide (one compiled shape for every batch) and split over them, so every
+device computes only its own rows.
 """
 
 from __future__ import annotations

@@ -77,10 +77,16 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.batch_size = 16               # Global batch over all hosts.
   c.grad_accum_steps = 1
+  # Training length: num_train_steps > 0 is used as is; 0 derives it from num_epochs passes over
+  # the train split, ceil(num_epochs · examples / batch_size) (the reference's --epochs).
   c.num_train_steps = 100
+  c.num_epochs = 0.0
   c.learning_rate = 1e-4
   c.min_learning_rate = 1e-6
+  # Warm-up likewise: warmup_steps > 0 as is; 0 derives it from warmup_epochs (the reference
+  # warms up for one epoch); both 0: no warm-up.
   c.warmup_steps = 10
+  c.warmup_epochs = 0.0
   c.weight_decay = 1e-4
   c.adam_b1 = 0.9
   c.adam_b2 = 0.95
@@ -121,6 +127,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.sample.attn_temp = 1.0
   c.sample.annealed_guidance = False
   c.sample.denoise = True         # Score-based denoising step with data.noise_std.
+  # Its step as a multiple of σ²·∇log p (1: the theoretical optimum; 0: off), the reference
+  # FID script's --self_denoising_lr.
+  c.sample.denoise_lr = 1.0
   return c
 
 
@@ -197,7 +206,13 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if c.grad_accum_steps < 1 or c.batch_size % c.grad_accum_steps:
     _fail("grad_accum_steps", f"must be >= 1 and divide batch_size={c.batch_size}",
           c.grad_accum_steps)
-  for key in ("num_train_steps", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
+  for key in ("num_epochs", "warmup_epochs"):
+    if c[key] < 0:
+      _fail(key, "must be >= 0", c[key])
+  if c.num_train_steps < 0 or (c.num_train_steps == 0 and not c.num_epochs):
+    _fail("num_train_steps", "must be >= 1, or 0 with num_epochs > 0 (derived from the train "
+          "split's size)", c.num_train_steps)
+  for key in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
               "classify_noise_draws"):
     if c[key] < 1:
       _fail(key, "must be >= 1", c[key])
@@ -215,5 +230,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _fail("learning_rate", "must be > 0", c.learning_rate)
   if c.sample.guide_what not in ("", "a", "b", "ab"):
     _fail("sample.guide_what", "must be one of '', 'a', 'b', 'ab'", c.sample.guide_what)
+  if c.sample.denoise_lr < 0:
+    _fail("sample.denoise_lr", "must be >= 0 (0: no denoising)", c.sample.denoise_lr)
   if c.sample.attn_temp <= 0:
     _fail("sample.attn_temp", "must be > 0", c.sample.attn_temp)

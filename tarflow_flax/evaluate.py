@@ -120,9 +120,12 @@ def run_fid() -> dict:
           "num_samples": mine.num_images,
           "reference": {"path": _REF_STATS.value, "num_images": reference.num_images,
                         "source": reference.source, "fid_protocol": reference.protocol},
-          "sampling": {k: settings.get(k) for k in ("method", "guidance", "guide_what",
-                                                    "attn_temp", "annealed_guidance",
-                                                    "denoise_std", "step", "weights")}}
+          "sampling": {**{k: settings.get(k) for k in ("method", "guidance", "guide_what",
+                                                       "attn_temp", "annealed_guidance",
+                                                       "denoise_std", "denoise_lr", "step",
+                                                       "weights")},
+                       # Samples drawn again because the first draw came out non-finite.
+                       "redrawn": sum(settings.get("redrawn", {}).values())}}
 
 
 def run_fid_stats(config) -> dict:

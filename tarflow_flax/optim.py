@@ -1,6 +1,30 @@
 """Optimizer and learning-rate schedule (paper defaults: AdamW (0.9, 0.95), wd 1e-4, lr 1e-4)."""
 
+import math
+
 import optax
+from absl import logging
+
+
+def steps_for_epochs(epochs: float, num_examples: int, batch_size: int) -> int:
+  """Optimizer steps for `epochs` passes over `num_examples` at `batch_size`, rounded up."""
+  return math.ceil(epochs * num_examples / batch_size)
+
+
+def derive_step_counts(config, num_examples: int) -> None:
+  """Fills in `num_train_steps` and `warmup_steps` left at 0 from `num_epochs` and
+  `warmup_epochs` over a train split of `num_examples`, in place; counts > 0 are kept."""
+  derived = []
+  for steps_key, epochs_key in (("num_train_steps", "num_epochs"),
+                                ("warmup_steps", "warmup_epochs")):
+    if config[steps_key] == 0 and config[epochs_key] > 0:
+      config[steps_key] = steps_for_epochs(config[epochs_key], num_examples, config.batch_size)
+      derived.append(f"{steps_key}={config[steps_key]} ({config[epochs_key]:g} epochs)")
+  logging.info("Schedule: %d steps, warm-up %d, at batch %d over the %d examples of %s:%s "
+               "(%.2f epochs)%s", config.num_train_steps, config.warmup_steps, config.batch_size,
+               num_examples, config.data.name, config.data.train_split,
+               config.num_train_steps * config.batch_size / num_examples,
+               f"; derived {', '.join(derived)}" if derived else "")
 
 
 def learning_rate_schedule(config) -> optax.Schedule:

@@ -46,6 +46,8 @@ _GUIDANCE = flags.DEFINE_float("guidance", None, "Default: config.sample.guidanc
 _ATTN_TEMP = flags.DEFINE_float("attn_temp", None, "Default: config.sample.attn_temp.")
 _ANNEALED = flags.DEFINE_bool("annealed_guidance", None, "Default: config.sample.*.")
 _DENOISE = flags.DEFINE_bool("denoise", None, "Score-based denoising (default: config).")
+_DENOISE_LR = flags.DEFINE_float("denoise_lr", None, "Denoising step as a multiple of "
+                                 "σ²·∇log p, 0: off (default: config.sample.denoise_lr).")
 _USE_EMA = flags.DEFINE_bool("use_ema", True, "Sample from the EMA weights when present.")
 _SEED = flags.DEFINE_integer("seed", 0, "Noise seed.")
 _FID_PROTOCOL = flags.DEFINE_enum("fid_protocol", fid_protocols.DEFAULT_PROTOCOL,
@@ -62,7 +64,9 @@ def progress_bar(done: int, total: int, width: int = 30) -> str:
   return f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} images"
 
 
-_PLAN_KEY = "auto_plan"  # Written into sampling.json by the job, not a setting to compare.
+# Written into sampling.json by the job, not settings to compare: the auto plan, and per shard
+# how many non-finite samples were drawn again.
+_PLAN_KEY, _REDRAWN_KEY = "auto_plan", "redrawn"
 
 
 def check_outdir(outdir, settings: dict) -> dict:
@@ -71,7 +75,7 @@ def check_outdir(outdir, settings: dict) -> dict:
   path = outdir / "sampling.json"
   if path.exists():
     previous = json.loads(path.read_text())
-    pinned = {k: v for k, v in previous.items() if k != _PLAN_KEY}
+    pinned = {k: v for k, v in previous.items() if k not in (_PLAN_KEY, _REDRAWN_KEY)}
     if pinned != settings:
       diff = sorted(k for k in set(settings) | set(pinned) if pinned.get(k) != settings.get(k))
       raise runtime.UserError(f"{outdir} holds samples of another run (differs in {diff}); "
@@ -101,6 +105,20 @@ def calibrated_plan(model, outdir, record: dict, batch: int, guidance: dict) -> 
   return {"method": "auto", "calibration": record[_PLAN_KEY]}
 
 
+def record_redrawn(outdir, index: int, redrawn: int) -> None:
+  """Process 0 notes in sampling.json how many samples of shard `index` were drawn again (before
+  the shard is written, so that a resumed job never loses a count)."""
+  if redrawn:
+    path = outdir / "sampling.json"
+    record = json.loads(path.read_text())
+    record.setdefault(_REDRAWN_KEY, {})[str(index)] = redrawn
+    path.write_text(json.dumps(record, indent=2, sort_keys=True))
+
+
+def redrawn_total(outdir) -> int:
+  return sum(json.loads((outdir / "sampling.json").read_text()).get(_REDRAWN_KEY, {}).values())
+
+
 def write_shard(outdir, index: int, images: np.ndarray, labels, grid_columns=None) -> None:
   """shard_{index}.npz, atomically (a temporary name, then a rename), and grid.png with shard 0."""
   path = shard_path(outdir, index)
@@ -125,6 +143,9 @@ def run(config, root) -> int:
                                      else _ANNEALED.value))
   denoise = s.denoise if _DENOISE.value is None else _DENOISE.value
   denoise_std = config.data.noise_std if denoise and config.data.noise_type == "gaussian" else None
+  denoise_lr = s.denoise_lr if _DENOISE_LR.value is None else _DENOISE_LR.value
+  if denoise_lr < 0:
+    raise runtime.UserError(f"--denoise_lr={denoise_lr}: must be >= 0 (0: no denoising)")
   classes = [int(c) for c in _CLASSES.value] if _CLASSES.value else None
   outdir = runtime.path(_OUTDIR.value)
   cond = batches.parse_cond(_COND.value, config.model.cond_dim)
@@ -132,7 +153,8 @@ def run(config, root) -> int:
               "weights": meta["weights"], "method": _METHOD.value, "tol": _TOL.value,
               "seed": _SEED.value, "shard_size": _SHARD.value, "classes": classes,
               "cond": None if cond is None else cond.tolist(),
-              "denoise_std": denoise_std, "fid_protocol": _FID_PROTOCOL.value, **guidance}
+              "denoise_std": denoise_std, "denoise_lr": denoise_lr if denoise_std else None,
+              "fid_protocol": _FID_PROTOCOL.value, **guidance}
   record = check_outdir(outdir, settings)
 
   num_shards = -(-_NUM.value // _SHARD.value)
@@ -158,12 +180,12 @@ def run(config, root) -> int:
       count = min(_SHARD.value, _NUM.value - start)
       images, labels, info = batches.generate(
           model, mesh, seed=_SEED.value, start=start, count=count, batch=batch, classes=classes,
-          cond=cond, denoise_std=denoise_std, **options, **guidance)
+          cond=cond, denoise_std=denoise_std, denoise_lr=denoise_lr, **options, **guidance)
       if position == 0:
         logging.info("process %d computed %d of the %d rows of each batch", jax.process_index(),
                      info["local_rows"], batch)
       if jax.process_index() == 0:
-        images = visualize.finite_samples(images, f"shard {index}")
+        record_redrawn(outdir, index, info["redrawn"])
         write_shard(outdir, index, fid_protocols.to_uint8(images, _FID_PROTOCOL.value), labels,
                     grid_columns=config.model.num_classes or None)
       done += count
@@ -173,7 +195,8 @@ def run(config, root) -> int:
   multihost_utils.sync_global_devices("shards written")
   if jax.process_index() == 0:
     print(f"\nwrote {_NUM.value} samples in {num_shards} shards to {outdir} "
-          f"(sampling.json, grid.png)", flush=True)
+          f"(sampling.json, grid.png); {redrawn_total(outdir)} non-finite samples were "
+          "drawn again", flush=True)
   return num_shards
 
 

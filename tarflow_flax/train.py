@@ -18,7 +18,7 @@ from absl import logging
 from etils import epath
 from flax import nnx
 
-from tarflow_flax import checkpoint, config_lib, eval_lib, flops, runtime, sharding, steps
+from tarflow_flax import checkpoint, config_lib, eval_lib, flops, optim, runtime, sharding, steps
 from tarflow_flax import input_pipeline as data_lib
 from tarflow_flax import visualize
 from tarflow_flax import finetune
@@ -78,7 +78,7 @@ def sample_options(config) -> dict[str, Any]:
   denoise = s.denoise and config.data.noise_type == "gaussian"
   return dict(guidance=s.guidance, guide_what=s.guide_what, attn_temp=s.attn_temp,
               annealed_guidance=s.annealed_guidance,
-              denoise_std=config.data.noise_std if denoise else None)
+              denoise_std=config.data.noise_std if denoise else None, denoise_lr=s.denoise_lr)
 
 
 def generate_samples(graphdef, model_state, config, mesh, num_images: int, seed: int):
@@ -157,6 +157,9 @@ def _write_config(workdir: epath.Path, config) -> None:
 def train_and_evaluate(config, workdir) -> dict[str, float]:
   """Trains (resuming from `workdir/checkpoints` if present); returns the last logged metrics.
 
+  Step counts left at 0 are derived from epochs over the train split and written into `config`
+  (optim.derive_step_counts), so the checkpoints' config holds the counts the run used.
+
   Raises runtime.Interrupted after saving a checkpoint when a stop was requested (signal or
   preemption notice, agreed by all processes): rerunning resumes from that checkpoint.
   """
@@ -171,6 +174,9 @@ def train_and_evaluate(config, workdir) -> dict[str, float]:
                jax.device_count(), jax.devices()[0].device_kind, dict(mesh.shape))
   workdir = runtime.path(workdir)
   metrics_dir = runtime.path(config.metrics_dir) if config.metrics_dir else workdir
+  # Before the optimizer is made: its schedule needs the (maybe epoch-derived) step counts.
+  train_source, _ = data_lib.data_source(config.data, config.data.train_split)
+  optim.derive_step_counts(config, len(train_source))
   trainer, abstract_model = steps.make_trainer(config)
   shardings = steps.state_shardings(trainer, abstract_model, mesh)
   logging.info("Model: %.1f M parameters, %.2f GFLOPs per training image",

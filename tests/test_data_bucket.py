@@ -14,7 +14,7 @@ import pytest
 
 from conftest import (BUCKET, free_port, gcs_objects, read_scalars, start_job, tiny_config,
                       tiny_flags, wait_job)
-from tarflow_flax import prepare, train
+from tarflow_flax import prepare_lib, train
 from tarflow_flax.input_pipeline import sources, upload
 from tensorflow_datasets.core.download import download_manager
 
@@ -51,7 +51,7 @@ def test_prepare_resumes_an_interrupted_upload_then_jobs_read_the_bucket(gcs_her
 
   monkeypatch.setattr(upload, "copy_file", fail_on_third_file)
   with pytest.raises(sources.DataError, match="rerun the same command to continue"):
-    prepare.prepare_dataset(data)
+    prepare_lib.prepare_dataset(data)
   partial = gcs_objects(gcs, "tfds/")
   assert len(partial) == 2 and not any(name.endswith("dataset_info.json") for name in partial)
   assert not sources.is_prepared(sources.builder_for(data))
@@ -60,14 +60,14 @@ def test_prepare_resumes_an_interrupted_upload_then_jobs_read_the_bucket(gcs_her
 
   monkeypatch.setattr(upload, "copy_file", copy_file)
   capsys.readouterr()
-  prepare.prepare_dataset(data)
+  prepare_lib.prepare_dataset(data)
   out = capsys.readouterr().out
   assert "already built" in out  # The staged build was reused, not built again.
   assert not any(line.startswith("building") for line in out.splitlines())
   assert "uploaded 2 files" in out and "2 files" in out.split("uploaded 2 files")[1]
   assert "train: 4,500 examples" in out and "test: 500 examples" in out
   assert out.splitlines()[-1].startswith(f"done: mnist_embedded is prepared in {DATA_DIR}")
-  prepare.prepare_dataset(data)
+  prepare_lib.prepare_dataset(data)
   assert "already prepared" in capsys.readouterr().out
   prepared = gcs_objects(gcs, "tfds/")
   assert len(prepared) == 4 and set(partial) < set(prepared)

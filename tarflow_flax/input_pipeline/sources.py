@@ -106,8 +106,10 @@ def is_prepared(builder) -> bool:
 
 
 def expected_archives(builder) -> dict:
-  """{file name: TFDS's UrlInfo (size, sha256)} of the archives the builder checks."""
-  return {info.filename: info for info in (type(builder).url_infos or {}).values()}
+  """{file name: UrlInfo (size, sha256)} from the builder's checksums.tsv."""
+  # imagenet2012's checksums.tsv has no file names: the URL's last part is the name.
+  return {info.filename or url.rsplit("/", 1)[-1]: info
+          for url, info in (type(builder).url_infos or {}).items()}
 
 
 def _manual_files_text(name: str) -> str:

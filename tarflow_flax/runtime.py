@@ -1,4 +1,5 @@
-"""What every job (train, sample, evaluate, convert) does the same way before and around its work.
+"""What every job (train, sample, evaluate, convert, prepare) does the same way before and around
+its work.
 
 - `run(job)`: the absl entry of every CLI. Joins the other processes (jax.distributed), quiets
   library INFO logs, and maps outcomes to exit statuses: 0 done, 1 a user error (one line, no

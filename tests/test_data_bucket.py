@@ -8,9 +8,11 @@ with one line. Missing or wrong manual archives are named in one line.
 """
 
 import json
+import os
 
 import numpy as np
 import pytest
+from etils import epath
 
 from conftest import (BUCKET, free_port, gcs_objects, read_scalars, start_job, tiny_config,
                       tiny_flags, wait_job)
@@ -113,6 +115,23 @@ def test_an_unprepared_bucket_stops_every_process_with_one_line(gcs, tmp_path):
   for log in logs:
     assert log.read_text().rstrip().splitlines()[-1] == want, log.read_text()[-3000:]
   assert gcs_objects(gcs, "unprepared") == []
+
+
+def test_a_stopped_upload_leaves_the_marker_out_and_the_next_one_completes(tmp_path):
+  source, dest = epath.Path(tmp_path) / "built", epath.Path(tmp_path) / "bucket"
+  (source / "sub").mkdir(parents=True)
+  for name, size in [(upload.PREPARED_MARKER, 10), ("a.array_record", 3 * 2**20),
+                     ("sub/b.json", 5), ("z.array_record", 7)]:
+    (source / name).write_bytes(os.urandom(size))
+  lines, polls = [], iter(range(3))
+  summary = upload.upload(source, dest, report=lines.append,
+                          should_stop=lambda: next(polls, None) is None)
+  assert summary.copied_files == 1 and not (dest / upload.PREPARED_MARKER).exists()
+  summary = upload.upload(source, dest, report=lines.append)
+  assert (summary.skipped_files, summary.copied_files) == (2, 2)
+  assert lines[-1].endswith(f"{upload.PREPARED_MARKER} (10 B)")  # Last.
+  for name in [upload.PREPARED_MARKER, "a.array_record", "sub/b.json", "z.array_record"]:
+    assert (dest / name).read_bytes() == (source / name).read_bytes()
 
 
 def _manual_config(tmp_path, name):

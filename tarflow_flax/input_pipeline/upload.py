@@ -20,6 +20,10 @@ _CHUNK_BYTES = 64 * 2**20
 _PROGRESS_EVERY_S = 30.0
 
 
+class _StopRequested(Exception):
+  """should_stop() said so in the middle of a file."""
+
+
 @dataclasses.dataclass
 class UploadSummary:
   copied_files: int = 0
@@ -61,7 +65,8 @@ def upload(local_dir: epath.Path, remote_dir: epath.Path, *, report: Callable[[s
            should_stop: Callable[[], bool] = lambda: False) -> UploadSummary:
   """Copies every file under `local_dir` to the same relative path under `remote_dir`, the
   prepared marker last, skipping files already there at the same size. `report` gets progress
-  lines; `should_stop()` is polled between files (True: returns early, marker not copied)."""
+  lines; `should_stop()` is polled between chunks (True: returns early, the marker not copied; a
+  file cut short is shorter than its source, so the next run copies it again)."""
   files = upload_order(local_dir)
   sizes = {f: f.stat().length for f in files}
   total = sum(sizes.values())
@@ -70,6 +75,8 @@ def upload(local_dir: epath.Path, remote_dir: epath.Path, *, report: Callable[[s
 
   def progress(n: int) -> None:
     nonlocal last_report
+    if should_stop():
+      raise _StopRequested()
     summary.copied_bytes += n
     now = time.monotonic()
     if now - last_report >= _PROGRESS_EVERY_S:
@@ -89,6 +96,9 @@ def upload(local_dir: epath.Path, remote_dir: epath.Path, *, report: Callable[[s
       continue
     report(f"upload {index}/{len(files)}: {dest} ({human_bytes(sizes[source])})")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    copy_file(source, dest, progress)
+    try:
+      copy_file(source, dest, progress)
+    except _StopRequested:
+      return summary
     summary.copied_files += 1
   return summary

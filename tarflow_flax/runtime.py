@@ -131,9 +131,11 @@ def path(value: str | os.PathLike) -> epath.Path:
 def config_flags_given(prefix: str = "") -> str | None:
   """`--config=FILE[:preset] --config.<prefix>…=…` as this job was given them (to tell the user
   a command for the same config), or None when the job had no --config."""
-  if "config" not in flags.FLAGS or not flags.FLAGS.is_parsed() or not flags.FLAGS["config"].present:
+  if "config" not in flags.FLAGS or not flags.FLAGS.is_parsed():
     return None
   flag = flags.FLAGS["config"]
+  if not flag.present:
+    return None
   overrides = [f"--config.{key}={value}" for key, value in flag.override_values.items()
                if key.startswith(prefix)]
   return " ".join([f"--config={flag.config_filename}", *overrides])

@@ -147,8 +147,9 @@ def test_missing_or_wrong_manual_archives_are_named_in_one_line(tmp_path):
     sources.data_source(data, "train")
   assert str(missing.value) == (
       f"imagenet_resized: {manual}/Imagenet64_train_part1_npz.zip is missing (expected "
-      "6,783,426,789 bytes, sha256 9422dc1dc5d092e9814a70a1cb7fc74880d2db5d88a0cb8a34ee363b12bde3f1;"
-      " docs/data.md says where to get it)")
+      "6,783,426,789 bytes, sha256 "
+      "9422dc1dc5d092e9814a70a1cb7fc74880d2db5d88a0cb8a34ee363b12bde3f1; docs/data.md says where "
+      "to get it)")
 
   data = _manual_config(tmp_path, "downsampled_imagenet")
   (manual / "train_64x64.tar").write_bytes(b"not a tar")

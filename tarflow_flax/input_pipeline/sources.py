@@ -5,7 +5,7 @@
 | mnist_embedded        | project builder, ships with the package | nothing                            |
 | downsampled_imagenet  | `downsampled_imagenet/64x64` (van den Oord et al., the bits/dim benchmark) | train_64x64.tar, valid_64x64.tar |
 | imagenet2012          | `imagenet2012`                        | ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar |
-| imagenet_resized      | `imagenet_resized/64x64` (Chrabaszcz et al.) | Imagenet64_train_part1_npz.zip, Imagenet64_train_part2_npz.zip, Imagenet64_val_npz.zip |
+| imagenet_resized      | `imagenet_resized/64x64` (Chrabaszcz et al.) | Imagenet64_{train_part1,train_part2,val}_npz.zip |
 | cifar10               | `cifar10`                             | a prepared TFDS data_dir (no download here) |
 | image_folder          | project builder                       | one subfolder per class              |
 

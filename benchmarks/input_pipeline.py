@@ -30,7 +30,7 @@ _IMAGES = flags.DEFINE_integer("images", 512, "Fake images per dataset.")
 _THREADS = flags.DEFINE_list("threads", ["1", "4"], "grain read threads (config.data.num_workers), "
                              "one row each.")
 _BUCKET = flags.DEFINE_bool("bucket", True, "Also read the 64x64 set from a gs:// data_dir (a "
-                            "local GCS emulator).")
+                            "local GCS emulator: the `test` extra's fake-gcs-server).")
 _JSON = flags.DEFINE_string("json", None, "Also write the JSON result here.")
 
 

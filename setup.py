@@ -19,6 +19,9 @@ INSTALL_REQUIRES = [
     "tensorboard==2.21.0",  # clu.metric_writers imports it; tensorflow-cpu no longer pulls it.
     "importlib-resources==7.1.0",  # tfds 4.9.10 uses it without declaring it.
     "grain==0.2.18",
+    # The ArrayRecord files grain reads. Its own GCS client reads them straight from a gs://
+    # data_dir (tested against an emulator with this version); its writer cannot write there.
+    "array-record==0.8.6",
     "pillow==13.0.0",
     # TFDS decodes the stored PNGs with OpenCV when it is there (faster than PIL; lossless, so
     # the same pixels), and otherwise warns on every job.

@@ -53,20 +53,33 @@ run() {
   fi
 }
 
-# `python -m tarflow_flax.MODULE` for a worker (run it in ~/tarflow_flax): the venv's Python, the
-# distributed flags, --config/--workdir and the remaining arguments, shell-quoted.
-job_command() {
-  local module="$1" cmd arg
-  shift
-  cmd="$VENV/bin/python -m tarflow_flax.$module $DIST_FLAGS"
-  for arg in "--config=$CONFIG" "--workdir=$WORKDIR" "$@"; do
+# `python -m tarflow_flax.MODULE` for a worker (run it in ~/tarflow_flax) with the venv's Python:
+# RAW_FLAGS as they are (several flags in one string), then the arguments, shell-quoted.
+python_command() {
+  local module="$1" raw="$2" cmd arg
+  shift 2
+  cmd="$VENV/bin/python -m tarflow_flax.$module${raw:+ $raw}"
+  for arg in "$@"; do
     cmd+=" $(printf '%q' "$arg")"
   done
   printf '%s' "$cmd"
+}
+
+# A job of the whole slice: the distributed flags, --config/--workdir and the remaining arguments.
+job_command() {
+  local module="$1"
+  shift
+  python_command "$module" "$DIST_FLAGS" "--config=$CONFIG" "--workdir=$WORKDIR" "$@"
 }
 
 # Runs a shell command on every worker of the TPU slice.
 on_all_workers() {
   run gcloud compute tpus tpu-vm ssh "$TPU" --project="$PROJECT" --zone="$ZONE" --worker=all \
     --command="$1"
+}
+
+# Runs a shell command on one worker of the TPU slice (0 when not given).
+on_one_worker() {
+  run gcloud compute tpus tpu-vm ssh "$TPU" --project="$PROJECT" --zone="$ZONE" \
+    --worker="${2:-0}" --command="$1"
 }

@@ -1,4 +1,5 @@
-"""What every job (train, sample, evaluate, convert) does the same way before and around its work.
+"""What every job (train, sample, evaluate, convert, prepare) does the same way before and around
+its work.
 
 - `run(job)`: the absl entry of every CLI. Joins the other processes (jax.distributed), quiets
   library INFO logs, and maps outcomes to exit statuses: 0 done, 1 a user error (one line, no
@@ -120,6 +121,19 @@ def run(job: Callable[[], Any]) -> None:
       sys.exit(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
 
   app.run(main, flags_parser=_parse_flags)
+
+
+def config_flags_given(prefix: str = "") -> str | None:
+  """`--config=FILE[:preset] --config.<prefix>…=…` as this job was given them (to tell the user
+  a command for the same config), or None when the job had no --config."""
+  if "config" not in flags.FLAGS or not flags.FLAGS.is_parsed():
+    return None
+  flag = flags.FLAGS["config"]
+  if not flag.present:
+    return None
+  overrides = [f"--config.{key}={value}" for key, value in flag.override_values.items()
+               if key.startswith(prefix)]
+  return " ".join([f"--config={flag.config_filename}", *overrides])
 
 
 def checkpoint_root(workdir: str | None, checkpoint: str | None) -> epath.Path:

@@ -50,6 +50,7 @@ if _temporary_dir_in_env("JAX_COMPILATION_CACHE_DIR", "tarflow_jax_cache_"):
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np
+import pytest
 from flax import nnx
 
 from tarflow_flax import models
@@ -106,6 +107,48 @@ def free_port() -> int:
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     return s.getsockname()[1]
+
+
+BUCKET = "bucket"
+
+
+@pytest.fixture(scope="session")
+def gcs(tmp_path_factory):
+  """A GCS emulator on 127.0.0.1 with an empty bucket → the environment that points every gs://
+  client at it (etils.epath via gcsfs, Orbax's TensorStore, array_record)."""
+  from tarflow_flax import gcs_emulator  # pylint: disable=g-import-not-at-top
+  with gcs_emulator.running(tmp_path_factory.mktemp("gcs") / "server.log", BUCKET) as env:
+    yield env
+
+
+def gcs_objects(env, prefix: str) -> list[str]:
+  """The names of the emulator bucket's objects under `prefix`."""
+  from tarflow_flax import gcs_emulator  # pylint: disable=g-import-not-at-top
+  return gcs_emulator.objects(env, BUCKET, prefix)
+
+
+def start_job(module, log, *args, devices: int, process=None, env=None):
+  """`python -m tarflow_flax.<module>` in REPO, its output going to `log` (a file, not a pipe:
+  nobody blocks on a full pipe); process=(index, count, port) joins a jax.distributed job."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  if process is not None:
+    index, count, port = process
+    args += (f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={count}",
+             f"--process_id={index}")
+  return subprocess.Popen([sys.executable, "-m", f"tarflow_flax.{module}", *args], cwd=REPO,
+                          env=job_env(devices, **(env or {})), stdout=open(log, "w"),
+                          stderr=subprocess.STDOUT)
+
+
+def wait_job(proc, log, timeout=300) -> int:
+  """The job's exit status; a job still running after `timeout` s is killed and fails the test."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  try:
+    return proc.wait(timeout=timeout)
+  except subprocess.TimeoutExpired:
+    proc.kill()
+    raise AssertionError(f"{log} timed out:\n{log.read_text()[-3000:]}")
 
 
 def tiny_config(**overrides):

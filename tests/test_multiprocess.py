@@ -10,35 +10,15 @@
 import json
 import pathlib
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
-from conftest import (REPO, free_port, job_env, read_scalars, tiny_config, tiny_flags,
-                      tiny_model)
+from conftest import free_port, read_scalars, tiny_config, tiny_flags, tiny_model
+from conftest import start_job as _start
+from conftest import wait_job as _wait
 from tarflow_flax import checkpoint, input_pipeline, runtime, train
-
-
-def _start(module, log: pathlib.Path, *args, devices: int, process=None):
-  """A job whose output goes to `log` (files, not pipes: nobody blocks on a full pipe)."""
-  if process is not None:
-    index, count, port = process
-    args += (f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={count}",
-             f"--process_id={index}")
-  return subprocess.Popen([sys.executable, "-m", f"tarflow_flax.{module}", *args], cwd=REPO,
-                          env=job_env(devices), stdout=open(log, "w"),
-                          stderr=subprocess.STDOUT)
-
-
-def _wait(proc, log, timeout=300) -> int:
-  try:
-    return proc.wait(timeout=timeout)
-  except subprocess.TimeoutExpired:
-    proc.kill()
-    raise AssertionError(f"{log} timed out:\n{log.read_text()[-3000:]}")
 
 
 def _run_all(jobs, timeout=300) -> list[int]:

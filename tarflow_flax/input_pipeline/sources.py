@@ -5,25 +5,30 @@
 | mnist_embedded        | project builder, ships with the package | nothing                            |
 | downsampled_imagenet  | `downsampled_imagenet/64x64` (van den Oord et al., the bits/dim benchmark) | train_64x64.tar, valid_64x64.tar |
 | imagenet2012          | `imagenet2012`                        | ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar |
-| imagenet_resized      | `imagenet_resized/64x64` (Chrabaszcz et al.) | Imagenet64_train_part1/2.zip, Imagenet64_val.zip |
+| imagenet_resized      | `imagenet_resized/64x64` (Chrabaszcz et al.) | Imagenet64_{train_part1,train_part2,val}_npz.zip |
 | cifar10               | `cifar10`                             | a prepared TFDS data_dir (no download here) |
 | image_folder          | project builder                       | one subfolder per class              |
 
-Nothing is downloaded: a dataset that is not prepared in data_dir is built from manual_dir once
-(ArrayRecord), and a missing file gives one error naming what to put where. In a multi-process job
-process 0 builds and the others wait for its result (the distributed runtime's key-value store),
-then read; a process whose data_dir is not shared with process 0 builds its own copy afterwards.
-User paths go through etils.epath (manual_dir may be gs://).
+Nothing is downloaded. A local data_dir: a dataset not prepared there is built from manual_dir
+once (ArrayRecord); in a multi-process job process 0 builds and the others wait for its result (the
+distributed runtime's key-value store), then read; a process whose data_dir is not shared with
+process 0 builds its own copy afterwards. A remote data_dir (gs://) is only ever read: a dataset not
+prepared there (`python -m tarflow_flax.prepare`) stops every process at once with one line.
+ArrayRecord files on gs:// are read by array_record's own GCS client. A missing or wrong manual
+archive gives one error naming the file and what was expected (docs/data.md). User paths go
+through etils.epath (manual_dir may be gs://).
 """
 
 from __future__ import annotations
 
 import os
+import re
 
 import jax
 import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
+from tensorflow_datasets.core.download import download_manager
 
 from tarflow_flax.input_pipeline import builders
 
@@ -35,10 +40,13 @@ _TFDS_NAMES = {
 }
 _PROJECT_BUILDERS = {"mnist_embedded": builders.MnistEmbedded,
                      "image_folder": builders.ImageFolder}
-_MANUAL_FILES = {
-    "downsampled_imagenet": "train_64x64.tar and valid_64x64.tar",
-    "imagenet2012": "ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar",
-    "imagenet_resized": "the Imagenet64 train/val npz archives",
+# The archives each dataset is built from, by the exact names TFDS looks for in manual_dir (sizes
+# and checksums, where TFDS has them, come from its builders' checksums.tsv).
+MANUAL_FILES = {
+    "downsampled_imagenet": ("train_64x64.tar", "valid_64x64.tar"),
+    "imagenet2012": ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar"),
+    "imagenet_resized": ("Imagenet64_train_part1_npz.zip", "Imagenet64_train_part2_npz.zip",
+                         "Imagenet64_val_npz.zip"),
 }
 # The splits each builder writes, to check a split name before anything is built.
 _SPLITS = {
@@ -48,6 +56,9 @@ _SPLITS = {
     "imagenet_resized": ("train", "validation"),
     "cifar10": ("train", "test"),
 }
+# TFDS takes a dataset version folder as prepared once this file is there
+# (tfds.core.utils.file_utils.is_valid_variant_dir): it is written, or uploaded, last.
+PREPARED_MARKER = "dataset_info.json"
 # How long the other processes wait for process 0's build (an ImageNet build takes hours).
 BUILD_TIMEOUT_S = 24 * 3600
 
@@ -62,8 +73,18 @@ def default_data_dir() -> str:
       epath.Path("~/tensorflow_datasets").expanduser())
 
 
-def _builder(data_config):
-  data_dir = epath.Path(data_config.data_dir or default_data_dir())
+def resolved_data_dir(data_config) -> str:
+  return data_config.data_dir or default_data_dir()
+
+
+def is_remote(data_dir) -> bool:
+  """gs:// (any URL): jobs only read it; `python -m tarflow_flax.prepare` fills it."""
+  return "://" in os.fspath(data_dir)
+
+
+def builder_for(data_config, data_dir=None):
+  """The TFDS builder of config.data (in `data_dir` instead of the config's, if given)."""
+  data_dir = epath.Path(data_dir or resolved_data_dir(data_config))
   name = data_config.name
   if name == "image_folder":
     # One prepared copy per folder content: a changed folder gets a new build.
@@ -79,31 +100,77 @@ def _builder(data_config):
   return tfds.builder(_TFDS_NAMES[name], data_dir=data_dir, file_format="array_record")
 
 
-def _is_prepared(builder) -> bool:
-  """builder.is_prepared(), without the warning TFDS logs for a dataset not built yet."""
-  return builder.data_path.exists() and builder.is_prepared()
+def is_prepared(builder) -> bool:
+  """TFDS's own test (builder.is_prepared()), without its warning for a folder not complete yet."""
+  return (builder.data_path / PREPARED_MARKER).exists()
 
 
-def _build(builder, data_config) -> None:
-  """Builds `builder` into its data_dir (this process only)."""
-  manual_dir = data_config.manual_dir
-  if data_config.name in _MANUAL_FILES and not (manual_dir and epath.Path(manual_dir).is_dir()):
+def expected_archives(builder) -> dict:
+  """{file name: UrlInfo (size, sha256)} from the builder's checksums.tsv."""
+  # imagenet2012's checksums.tsv has no file names: the URL's last part is the name.
+  return {info.filename or url.rsplit("/", 1)[-1]: info
+          for url, info in (type(builder).url_infos or {}).items()}
+
+
+def _manual_files_text(name: str) -> str:
+  *first, last = MANUAL_FILES[name]
+  return f"{', '.join(first)} and {last}"
+
+
+def _describe(info) -> str:
+  return f"{int(info.size):,} bytes, sha256 {info.checksum}" if info else "see docs/data.md"
+
+
+def check_manual_files(builder, data_config) -> None:
+  """Every archive TFDS will look for in manual_dir is there at the size TFDS expects (TFDS itself
+  checks the sha256 while building): else one line naming the file and what was expected."""
+  name, manual_dir = data_config.name, data_config.manual_dir
+  if not (manual_dir and epath.Path(manual_dir).is_dir()):
     raise FileNotFoundError(
-        f"{data_config.name} is not prepared in {data_config.data_dir or default_data_dir()} and "
+        f"{name} is not prepared in {resolved_data_dir(data_config)} and "
         f"config.data.manual_dir={manual_dir!r} is not a directory: put "
-        f"{_MANUAL_FILES[data_config.name]} in a folder and pass --config.data.manual_dir=FOLDER")
+        f"{_manual_files_text(name)} in a folder and pass --config.data.manual_dir=FOLDER")
+  expected = expected_archives(builder)
+  for file_name in MANUAL_FILES[name]:
+    path, info = epath.Path(manual_dir) / file_name, expected.get(file_name)
+    if not path.exists():
+      raise FileNotFoundError(f"{name}: {path} is missing (expected {_describe(info)}; "
+                              "docs/data.md says where to get it)")
+    size = path.stat().length
+    if info and size != int(info.size):
+      raise DataError(f"{name}: {path} is {size:,} bytes, expected {_describe(info)}: not the "
+                      "archive TFDS builds from (docs/data.md)")
+
+
+def checksum_error(builder, data_config, error) -> DataError:
+  """TFDS's many-line NonMatchingChecksumError as one line naming the file."""
+  url = re.search(r"Artifact (\S+?),", str(error))
+  file_name = url.group(1).rsplit("/", 1)[-1] if url else "an archive"
+  info = expected_archives(builder).get(file_name)
+  return DataError(f"{data_config.name}: {epath.Path(data_config.manual_dir) / file_name} has "
+                   f"the wrong sha256 (expected {_describe(info)}): a different or damaged copy "
+                   "(docs/data.md)")
+
+
+def build(builder, data_config) -> None:
+  """Builds `builder` into its (local) data_dir, in this process."""
+  manual_dir = data_config.manual_dir
+  if data_config.name in MANUAL_FILES:
+    check_manual_files(builder, data_config)
   logging.info("Building %s into %s", data_config.name, builder.data_path)
   config = tfds.download.DownloadConfig(manual_dir=manual_dir, try_download_gcs=False)
   try:
     builder.download_and_prepare(download_config=config, file_format="array_record")
+  except download_manager.NonMatchingChecksumError as e:
+    raise checksum_error(builder, data_config, e) from e
   except (FileNotFoundError, ValueError) as e:
     if str(e).startswith(f"{data_config.name}:"):  # Already names the dataset and the cause.
       raise
     raise DataError(f"could not build {data_config.name}: {type(e).__name__}: {str(e)[:300]}") \
         from e
   except Exception as e:
-    if data_config.name in _MANUAL_FILES:
-      what = f"from manual_dir={manual_dir!r} (expected {_MANUAL_FILES[data_config.name]})"
+    if data_config.name in MANUAL_FILES:
+      what = f"from manual_dir={manual_dir!r} (expected {_manual_files_text(data_config.name)})"
     elif data_config.name in _PROJECT_BUILDERS:
       what = f"into {builder.data_path}"
     else:
@@ -114,6 +181,18 @@ def _build(builder, data_config) -> None:
                     f"{type(e).__name__}: {str(e)[:300]}") from e
 
 
+def _not_prepared(data_config) -> DataError:
+  """The one line that stops a job on a remote data_dir without the dataset."""
+  from tarflow_flax import runtime  # pylint: disable=g-import-not-at-top
+  data_dir = resolved_data_dir(data_config)
+  given = runtime.config_flags_given("data.")
+  if given is None or "data_dir" not in given:  # E.g. evaluate with a checkpoint's config.
+    given = (f"{given or '--config=CONFIG'} --config.data.name={data_config.name} "
+             f"--config.data.data_dir={data_dir}")
+  return DataError(f"{data_config.name} is not prepared in {data_dir}: run "
+                   f"python -m tarflow_flax.prepare {given}")
+
+
 def _distributed_client():
   """The jax.distributed runtime client (its key-value store), or None in a single process."""
   from jax._src import distributed  # pylint: disable=g-import-not-at-top
@@ -121,26 +200,32 @@ def _distributed_client():
 
 
 def prepare(data_config) -> None:
-  """Builds the dataset into data_dir if it is not there yet; process 0 builds for the job.
+  """Builds the dataset into a local data_dir if it is not there yet; process 0 builds for the job.
 
-  In a multi-process job process 0 builds (or finds the dataset built) and publishes the outcome;
+  A remote data_dir is never built into: each process checks for itself that the dataset is
+  prepared there (no waiting on another process) and stops with one line if not. In a
+  multi-process job process 0 builds (or finds the dataset built) and publishes the outcome;
   the other processes wait for it and then read. A process whose data_dir is not shared with
   process 0 (e.g. a local disk per host) builds its own copy after that.
   """
-  builder = _builder(data_config)
+  builder = builder_for(data_config)
+  if is_remote(resolved_data_dir(data_config)):
+    if not is_prepared(builder):
+      raise _not_prepared(data_config)
+    return
   client = _distributed_client()
   if client is None:
-    if not _is_prepared(builder):
-      _build(builder, data_config)
+    if not is_prepared(builder):
+      build(builder, data_config)
     return
   # The same key on every process even when their copies of an image folder differ.
-  key = (f"tarflow_flax/data/{data_config.name}/{data_config.data_dir or default_data_dir()}/"
+  key = (f"tarflow_flax/data/{data_config.name}/{resolved_data_dir(data_config)}/"
          f"{data_config.manual_dir}")
   if jax.process_index() == 0:
     outcome = "ok"
     try:
-      if not _is_prepared(builder):
-        _build(builder, data_config)
+      if not is_prepared(builder):
+        build(builder, data_config)
     except Exception as e:  # Tell the others before failing, so that they do not wait.
       outcome = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
       raise
@@ -150,11 +235,11 @@ def prepare(data_config) -> None:
   outcome = client.blocking_key_value_get(key, BUILD_TIMEOUT_S * 1000)
   if outcome != "ok":
     raise DataError(f"process 0 could not prepare {data_config.name}: {outcome}")
-  builder = _builder(data_config)  # Afresh: the first one was made before process 0 built.
-  if not _is_prepared(builder):
+  builder = builder_for(data_config)  # Afresh: the first one was made before process 0 built.
+  if not is_prepared(builder):
     logging.info("%s: data_dir not shared with process 0; building a copy for this process",
                  data_config.name)
-    _build(builder, data_config)
+    build(builder, data_config)
 
 
 def _base_split(split: str) -> str:
@@ -167,8 +252,8 @@ def check_split(data_config, split: str) -> None:
   Answered from the prepared dataset's info when it is there, else from the builder's known
   splits (the folder layout for image_folder).
   """
-  builder = _builder(data_config)
-  if _is_prepared(builder):
+  builder = builder_for(data_config)
+  if is_prepared(builder):
     known = list(builder.info.splits)
   elif data_config.name == "image_folder":
     known = list(builders.scan_image_folder(data_config.manual_dir))
@@ -182,7 +267,7 @@ def check_split(data_config, split: str) -> None:
 def data_source(data_config, split: str):
   """A random-access source of {'image': uint8 HWC, 'label': int} for `split`."""
   prepare(data_config)
-  builder = _builder(data_config)
+  builder = builder_for(data_config)
   known = list(builder.info.splits)  # Empty when unknown (e.g. under tfds mock_data).
   if known and _base_split(split) not in known:
     raise ValueError(f"{data_config.name} has no split {split!r}; it has {sorted(known)}")

@@ -8,7 +8,7 @@
   python -m tarflow_flax.evaluate --metric=fid --samples=DIR --ref_stats=imagenet_64_fid_stats.pth \
       --inception_pth=imagenet_64_fid_stats.pth --fid_protocol=reference
 
-Bits/dim protocol (the paper's, SEMANTICS.md §10): uniform dequantization
+Bits/dim protocol (the paper's, docs/numerics.md §10): uniform dequantization
 x = ((x_int + u)/256)·2 − 1, u ~ U[0, 1), forward with y = None, D = C·H·W, standard-normal prior,
 log 128 per dimension for the bin width 2/256; K draws of u per image; every image of the split
 exactly once (padded last batch, masked). The trainer's validation calls the same function.

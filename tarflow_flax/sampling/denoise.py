@@ -1,4 +1,7 @@
-"""Score-based denoising of samples: one Tweedie step x + σ²·∇ₓ log p(x) (SEMANTICS.md §9)."""
+"""Score-based denoising of samples: one Tweedie step x + σ²·∇ₓ log p(x).
+
+Step size and gradient as the reference: docs/numerics.md §9.
+"""
 
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ from absl import app, flags, logging
 from etils import epath
 from jax.experimental import multihost_utils
 
-from tarflow_flax import config_lib
+from tarflow_flax import cli, config_lib
 
 # sysexits' EX_TEMPFAIL: "temporary failure, retry". Distinct from success (0), a Python failure
 # (1) and a kill by signal (128+n), so a supervisor knows to rerun the same command.
@@ -89,19 +89,6 @@ def quiet_library_logs() -> None:
       handler.addFilter(_DropLibraryInfo())
 
 
-def _parse_flags(argv):
-  """absl's flag parsing, with a bad `--config.key=value` override reported in one line."""
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    sys.exit(f"error: {e}")
-  except (AttributeError, KeyError) as e:  # ml_collections: a key the config does not have.
-    sys.exit(f"error: unknown config key {str(e).strip(chr(34) + chr(39))!r} in the --config.* "
-             "overrides")
-  except (ValueError, TypeError) as e:
-    sys.exit(f"error: bad --config.* override: {str(e).splitlines()[0]}")
-
-
 def run(job: Callable[[], Any]) -> None:
   """absl entry point of a job: `runtime.run(main)` with `main()` taking no arguments."""
 
@@ -118,7 +105,7 @@ def run(job: Callable[[], Any]) -> None:
     except user_errors() as e:
       sys.exit(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
 
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)
 
 
 def path(value: str | os.PathLike) -> epath.Path:

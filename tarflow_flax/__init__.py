@@ -1,6 +1,6 @@
 """tarflow_flax: TarFlow normalizing flows in JAX + Flax NNX (see README.md)."""
 
-# Both settings must be made before JAX reads them, i.e. before any job module imports jax.
+# Both settings must be made before JAX reads them: here, before any job module imports jax.
 from tarflow_flax import platforms, xla_cpu
 
 platforms.apply()

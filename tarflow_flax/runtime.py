@@ -72,15 +72,24 @@ def initialize_distributed() -> None:
     return
   try:  # Cloud TPU slices and GKE: every worker discovers the others by itself.
     jax.distributed.initialize()
-  except (RuntimeError, ValueError) as e:
-    logging.info("Single-process job (jax.distributed not initialised: %s)", e)
+  except (RuntimeError, ValueError) as e:  # A laptop or a single VM: nothing to join.
+    logging.debug("Single-process job (jax.distributed not initialised: %s)", e)
+
+
+# Library INFO logs that repeat what the jobs report themselves: Orbax's every save/restore step,
+# and CLU's console echo of every metric and of the hyperparameters (all in TensorBoard; the
+# config is also in the workdir's config.json).
+_CHATTY_LIBRARIES = (f"{os.sep}orbax{os.sep}",
+                     os.path.join(f"{os.sep}clu", "metric_writers", "logging_writer.py"))
 
 
 class _DropLibraryInfo(std_logging.Filter):
-  """Orbax logs every save/restore step at INFO; keep its warnings and errors only."""
+  """Shows the chatty libraries' INFO logs only at --verbosity=1 (DEBUG) or more."""
 
   def filter(self, record: std_logging.LogRecord) -> bool:
-    return record.levelno >= std_logging.WARNING or f"{os.sep}orbax{os.sep}" not in record.pathname
+    if record.levelno >= std_logging.WARNING or logging.get_verbosity() >= logging.DEBUG:
+      return True
+    return not any(part in record.pathname for part in _CHATTY_LIBRARIES)
 
 
 def quiet_library_logs() -> None:

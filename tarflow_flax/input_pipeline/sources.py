@@ -18,7 +18,10 @@ User paths go through etils.epath (manual_dir may be gs://).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import time
 
 import jax
 import tensorflow_datasets as tfds
@@ -94,8 +97,14 @@ def _build(builder, data_config) -> None:
         f"{_MANUAL_FILES[data_config.name]} in a folder and pass --config.data.manual_dir=FOLDER")
   logging.info("Building %s into %s", data_config.name, builder.data_path)
   config = tfds.download.DownloadConfig(manual_dir=manual_dir, try_download_gcs=False)
+  # TFDS prints "Downloading and preparing dataset Unknown size ..." before building and
+  # "... downloaded and prepared" after: untrue where nothing is downloaded (this project's
+  # builders, manual archives), so those builds say it in our own log lines instead.
+  downloads = data_config.name in _TFDS_NAMES and data_config.name not in _MANUAL_FILES
+  started = time.time()
   try:
-    builder.download_and_prepare(download_config=config, file_format="array_record")
+    with contextlib.nullcontext() if downloads else contextlib.redirect_stdout(io.StringIO()):
+      builder.download_and_prepare(download_config=config, file_format="array_record")
   except (FileNotFoundError, ValueError) as e:
     if str(e).startswith(f"{data_config.name}:"):  # Already names the dataset and the cause.
       raise
@@ -112,6 +121,7 @@ def _build(builder, data_config) -> None:
               "config.data.data_dir at the copy)")
     raise DataError(f"could not build {data_config.name} {what}: "
                     f"{type(e).__name__}: {str(e)[:300]}") from e
+  logging.info("Built %s in %.0f s", data_config.name, time.time() - started)
 
 
 def _distributed_client():

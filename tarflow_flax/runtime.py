@@ -77,9 +77,9 @@ def initialize_distributed() -> None:
 
 
 # Library INFO logs that repeat what the jobs report themselves: Orbax's every save/restore step,
-# and CLU's console echo of every metric and of the hyperparameters (all in TensorBoard; the
-# config is also in the workdir's config.json).
-_CHATTY_LIBRARIES = (f"{os.sep}orbax{os.sep}",
+# gcsfs' cache set-up on every gs:// read, and CLU's console echo of every metric and of the
+# hyperparameters (all in TensorBoard; the config is also in the workdir's config.json).
+_CHATTY_LIBRARIES = (f"{os.sep}orbax{os.sep}", f"{os.sep}gcsfs{os.sep}",
                      os.path.join(f"{os.sep}clu", "metric_writers", "logging_writer.py"))
 
 
@@ -98,6 +98,16 @@ def quiet_library_logs() -> None:
       handler.addFilter(_DropLibraryInfo())
 
 
+def _exit_after_error(line: str) -> None:
+  """Prints the job's one error line and exits 1 with nothing after it: what libraries print
+  while Python shuts down (e.g. gcsfs' HTTP sessions closed on a stopped asyncio loop, "Event loop
+  is closed" tracebacks) would only bury it, so stderr goes to /dev/null from here on."""
+  print(line, file=sys.stderr, flush=True)
+  sys.stdout.flush()
+  os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
+  sys.exit(1)
+
+
 def run(job: Callable[[], Any]) -> None:
   """absl entry point of a job: `runtime.run(main)` with `main()` taking no arguments."""
 
@@ -112,7 +122,7 @@ def run(job: Callable[[], Any]) -> None:
       print(f"interrupted: {e}", file=sys.stderr, flush=True)
       sys.exit(EXIT_INTERRUPTED)
     except user_errors() as e:
-      sys.exit(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+      _exit_after_error(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
 
   app.run(main, flags_parser=cli.parse_flags)
 

@@ -155,3 +155,17 @@ def test_job_error_and_help_from_the_command_line(tmp_path):
   assert usage.returncode == 0, usage.stderr
   assert "--config.KEY=VALUE" in usage.stdout and f"{REPO}/configs" in usage.stdout
   assert "--outdir" in usage.stdout and usage.stderr == "", usage.stderr
+
+
+def test_nothing_follows_a_jobs_error_line(tmp_path):
+  """Whatever libraries print while Python shuts down (here: an exit handler writing to stderr,
+  as gcsfs' closing HTTP sessions do) does not follow the job's error line."""
+  script = ("import atexit, runpy, sys\n"
+            "atexit.register(lambda: print('late noise', file=sys.stderr, flush=True))\n"
+            "sys.argv = ['sample', '--checkpoint=/unused', '--outdir=/unused', '--num_samples=0']\n"
+            "runpy.run_module('tarflow_flax.sample', run_name='__main__')\n")
+  proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=job_env(1),
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 1, proc.stderr[-2000:]
+  assert proc.stderr.splitlines() == ["error: --num_samples and --shard_size must be >= 1"], \
+      proc.stderr[-2000:]

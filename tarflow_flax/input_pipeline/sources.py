@@ -18,8 +18,6 @@ User paths go through etils.epath (manual_dir may be gs://).
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import time
 
@@ -97,14 +95,9 @@ def _build(builder, data_config) -> None:
         f"{_MANUAL_FILES[data_config.name]} in a folder and pass --config.data.manual_dir=FOLDER")
   logging.info("Building %s into %s", data_config.name, builder.data_path)
   config = tfds.download.DownloadConfig(manual_dir=manual_dir, try_download_gcs=False)
-  # TFDS prints "Downloading and preparing dataset Unknown size ..." before building and
-  # "... downloaded and prepared" after: untrue where nothing is downloaded (this project's
-  # builders, manual archives), so those builds say it in our own log lines instead.
-  downloads = data_config.name in _TFDS_NAMES and data_config.name not in _MANUAL_FILES
   started = time.time()
   try:
-    with contextlib.nullcontext() if downloads else contextlib.redirect_stdout(io.StringIO()):
-      builder.download_and_prepare(download_config=config, file_format="array_record")
+    builder.download_and_prepare(download_config=config, file_format="array_record")
   except (FileNotFoundError, ValueError) as e:
     if str(e).startswith(f"{data_config.name}:"):  # Already names the dataset and the cause.
       raise

@@ -13,6 +13,7 @@ import textwrap
 
 from absl import app, flags
 
+# absl's help flags → whether to show only the job's own flags (absl itself exits 1 after help).
 _HELP_FLAGS = {"--help": True, "-h": True, "-?": True, "--helpshort": True, "--helpfull": False}
 
 

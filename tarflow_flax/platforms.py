@@ -5,8 +5,8 @@ host; on a host without TPUs libtpu then prints a screen of errors (worker hostn
 jellyfish device found", host bounds) and writes a `tpu_logs` folder into the temp directory.
 So when the user has not set JAX_PLATFORMS, a host that shows no TPU gets the platforms it does
 have: CPU, plus CUDA where an NVIDIA device and JAX's CUDA plugin are both there. A TPU VM, a
-user's JAX_PLATFORMS, or a plugin this does not know is left to JAX. Compiling for a TPU topology (compile_check) still works
-through libtpu: it needs no TPU backend.
+user's JAX_PLATFORMS, or a plugin this does not know is left to JAX. Compiling for a TPU topology
+(compile_check) still works through libtpu: it needs no TPU backend.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ data ships with the repository (a fresh clone with nothing beside it passes).
 `install()` adds a Python audit hook that records every file opened for reading whose path lies
 outside the allowed roots: this repository, temporary folders, installed code (the Python prefix,
 `sys.path` entries), the operating system's own folders and the hidden folders of the home
-directory (libraries' settings and caches, e.g. ~/.keras/keras.json). conftest checks the record around
-every test. It sees this process only (not the jobs a test starts), and C libraries that open
+directory (libraries' settings and caches, e.g. ~/.keras/keras.json). conftest checks the record
+around every test. It sees this process only (not the jobs a test starts), and C libraries that open
 files without Python (XLA, TensorFlow) are not seen; the data paths the tests use are Python's.
 """
 

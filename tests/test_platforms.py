@@ -1,4 +1,5 @@
-"""The platform decision every job makes before JAX starts: no TPU probing on a host without TPUs."""
+"""The platform decision every job makes before JAX starts: no TPU probing on a host without
+TPUs."""
 
 import os
 

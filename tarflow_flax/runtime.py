@@ -26,7 +26,7 @@ from absl import app, flags, logging
 from etils import epath
 from jax.experimental import multihost_utils
 
-from tarflow_flax import config_lib
+from tarflow_flax import cli, config_lib
 from tarflow_flax.paths import path  # Every job's user paths (runtime.path).
 
 # sysexits' EX_TEMPFAIL: "temporary failure, retry". Distinct from success (0), a Python failure
@@ -74,15 +74,24 @@ def initialize_distributed() -> None:
     return
   try:  # Cloud TPU slices and GKE: every worker discovers the others by itself.
     jax.distributed.initialize()
-  except (RuntimeError, ValueError) as e:
-    logging.info("Single-process job (jax.distributed not initialised: %s)", e)
+  except (RuntimeError, ValueError) as e:  # A laptop or a single VM: nothing to join.
+    logging.debug("Single-process job (jax.distributed not initialised: %s)", e)
+
+
+# Library INFO logs that repeat what the jobs report themselves: Orbax's every save/restore step,
+# gcsfs' cache set-up on every gs:// read, and CLU's console echo of every metric and of the
+# hyperparameters (all in TensorBoard; the config is also in the workdir's config.json).
+_CHATTY_LIBRARIES = (f"{os.sep}orbax{os.sep}", f"{os.sep}gcsfs{os.sep}",
+                     os.path.join(f"{os.sep}clu", "metric_writers", "logging_writer.py"))
 
 
 class _DropLibraryInfo(std_logging.Filter):
-  """Orbax logs every save/restore step at INFO; keep its warnings and errors only."""
+  """Shows the chatty libraries' INFO logs only at --verbosity=1 (DEBUG) or more."""
 
   def filter(self, record: std_logging.LogRecord) -> bool:
-    return record.levelno >= std_logging.WARNING or f"{os.sep}orbax{os.sep}" not in record.pathname
+    if record.levelno >= std_logging.WARNING or logging.get_verbosity() >= logging.DEBUG:
+      return True
+    return not any(part in record.pathname for part in _CHATTY_LIBRARIES)
 
 
 def quiet_library_logs() -> None:
@@ -91,17 +100,14 @@ def quiet_library_logs() -> None:
       handler.addFilter(_DropLibraryInfo())
 
 
-def _parse_flags(argv):
-  """absl's flag parsing, with a bad `--config.key=value` override reported in one line."""
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    sys.exit(f"error: {e}")
-  except (AttributeError, KeyError) as e:  # ml_collections: a key the config does not have.
-    sys.exit(f"error: unknown config key {str(e).strip(chr(34) + chr(39))!r} in the --config.* "
-             "overrides")
-  except (ValueError, TypeError) as e:
-    sys.exit(f"error: bad --config.* override: {str(e).splitlines()[0]}")
+def _exit_after_error(line: str) -> None:
+  """Prints the job's one error line and exits 1 with nothing after it: what libraries print
+  while Python shuts down (e.g. gcsfs' HTTP sessions closed on a stopped asyncio loop, "Event loop
+  is closed" tracebacks) would only bury it, so stderr goes to /dev/null from here on."""
+  print(line, file=sys.stderr, flush=True)
+  sys.stdout.flush()
+  os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
+  sys.exit(1)
 
 
 def run(job: Callable[[], Any]) -> None:
@@ -118,9 +124,9 @@ def run(job: Callable[[], Any]) -> None:
       print(f"interrupted: {e}", file=sys.stderr, flush=True)
       sys.exit(EXIT_INTERRUPTED)
     except user_errors() as e:
-      sys.exit(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+      _exit_after_error(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
 
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)
 
 
 def config_flags_given(prefix: str = "") -> str | None:

@@ -18,7 +18,8 @@ from absl import logging
 from etils import epath
 from flax import nnx
 
-from tarflow_flax import checkpoint, config_lib, eval_lib, flops, optim, runtime, sharding, steps
+from tarflow_flax import checkpoint, config_lib, eval_lib, flops, optim, progress, runtime
+from tarflow_flax import sharding, steps
 from tarflow_flax import input_pipeline as data_lib
 from tarflow_flax import visualize
 from tarflow_flax import finetune
@@ -154,6 +155,20 @@ def _write_config(workdir: epath.Path, config) -> None:
     (workdir / "config.json").write_text(json.dumps(json.loads(config.to_json()), indent=2))
 
 
+def done_message(config, workdir) -> str:
+  """The training job's last lines: what it wrote where, and what to run next."""
+  workdir = runtime.path(workdir)
+  events = runtime.path(config.metrics_dir) if config.metrics_dir else workdir
+  shown = "losses, speed" + (", sample grids" if config.sample_every_steps else "") + (
+      ", validation" if config.eval_every_steps or config.fid_every_steps else "")
+  return "\n".join([
+      f"done: trained to step {config.num_train_steps}; checkpoints and config.json in {workdir}",
+      f"  TensorBoard events ({shown}): tensorboard --logdir {events}",
+      f"  sample: python -m tarflow_flax.sample --workdir={workdir} --outdir={workdir / 'samples'}",
+      f"  bits/dim: python -m tarflow_flax.evaluate --workdir={workdir} --metric=bpd"
+      + ("  (or --metric=classify)" if config.model.num_classes else "")])
+
+
 def train_and_evaluate(config, workdir) -> dict[str, float]:
   """Trains (resuming from `workdir/checkpoints` if present); returns the last logged metrics.
 
@@ -214,81 +229,83 @@ def train_and_evaluate(config, workdir) -> dict[str, float]:
     last_saved = step
 
   summed, interval_steps = None, 0
-  # Throughput and time left count from the end of the first step: compilation is not training.
-  timed_start, timed_steps = None, 0
+  # Speed and time left: training steps of this process after its first (which compiles).
+  pace = progress.Pace(config.num_train_steps, done=start_step)
   last_metrics: dict[str, float] = {}
   step, preempted = start_step, False
+  if step < config.num_train_steps:
+    logging.info("Compiling the training step (the first step waits for it)…")
+  first_step_start = time.time()
   try:
     while step < config.num_train_steps:
       state, metrics = train_step(state, next(batches))
       step += 1
       interval_steps += 1
       summed = metrics if summed is None else jax.tree.map(jnp.add, summed, metrics)
-      if timed_start is None:
+      if step == start_step + 1:
         jax.block_until_ready(metrics)
-        timed_start = time.time()
-      else:
-        timed_steps += 1
+        logging.info("First step done in %.0f s (compilation included)",
+                     time.time() - first_step_start)
       is_last = step == config.num_train_steps
       preempted = stop.should_stop(step)
       do_ckpt = step % config.checkpoint_every_steps == 0 or is_last or preempted
-      if step % config.log_every_steps == 0 or do_ckpt:
+      do_log = step % config.log_every_steps == 0 or do_ckpt
+      if do_log:  # Fetching the metrics waits for the step: the pace counts it whole.
         means = jax.device_get(jax.tree.map(lambda a: a / interval_steps, summed))
+      pace.advance()
+      if do_log:
         _check_finite(step, means, last_saved, config.grad_clip_norm)
         scalars = {f"train/{k}": float(v) for k, v in means.items() if k != "block_logdets"}
         scalars.update({f"train/logdet_block_{i}": float(v)
                         for i, v in enumerate(means["block_logdets"])})
-        eta = "?"
-        if timed_steps:
-          elapsed = time.time() - timed_start
-          images_per_sec = timed_steps * config.batch_size / elapsed
-          scalars.update({"perf/steps_per_sec": timed_steps / elapsed,
+        steps_per_sec = pace.window_rate()
+        if steps_per_sec:
+          images_per_sec = steps_per_sec * config.batch_size
+          scalars.update({"perf/steps_per_sec": steps_per_sec,
                           "perf/images_per_sec": images_per_sec})
           if peak:
             scalars["perf/mfu"] = flops.utilization(train_flops, images_per_sec, peak,
                                                     jax.device_count())
             scalars["perf/hfu"] = flops.utilization(hardware_flops, images_per_sec, peak,
                                                     jax.device_count())
-          eta = time.strftime("%H:%M:%S", time.gmtime(
-              (config.num_train_steps - step) * elapsed / timed_steps))
         writer.write_scalars(step, scalars)
         logging.info("step %d/%d  loss %.5f  bpd %.4f  %.1f img/s  %s left", step,
                      config.num_train_steps, scalars["train/loss"], scalars["train/bpd"],
-                     scalars.get("perf/images_per_sec", float("nan")), eta)
+                     scalars.get("perf/images_per_sec", float("nan")), pace.time_left())
         last_metrics = scalars
         summed, interval_steps = None, 0
-        timed_start, timed_steps = time.time(), 0
-      if do_ckpt:
-        save(step)
-      if preempted:
-        break
-      if config.sample_every_steps and (step % config.sample_every_steps == 0 or is_last):
-        sample_state = state.ema if state.ema is not None else state.model
-        images = next(generate_samples(trainer.graphdef, sample_state, config, mesh,
-                                       config.sample.num_images, seed=0))
-        images = visualize.finite_samples(images, f"step {step} samples")
-        writer.write_images(step, {"samples": visualize.make_grid(
-            visualize.to_uint8(images))[None]})
-      if config.eval_every_steps and (step % config.eval_every_steps == 0 or is_last):
-        eval_state = state.ema if state.ema is not None else state.model
-        result = eval_lib.evaluate_bpd(trainer.graphdef, eval_state, config, mesh,
-                                       num_batches=config.num_eval_batches)
-        writer.write_scalars(step, {"eval/bpd": result["bpd"],
-                                    "eval/bpd_stderr": result["bpd_stderr"]})
-        logging.info("step %d  validation bits/dim %.4f ± %.4f (%d images)", step,
-                     result["bpd"], result["bpd_stderr"], result["num_images"])
-        last_metrics["eval/bpd"] = result["bpd"]
-        if config.model.num_classes:
-          accuracy = eval_lib.evaluate_accuracy(trainer.graphdef, eval_state, config, mesh,
-                                                num_batches=config.num_eval_batches)["accuracy"]
-          writer.write_scalars(step, {"eval/accuracy": accuracy})
-          logging.info("step %d  Bayes-classifier accuracy %.4f", step, accuracy)
-          last_metrics["eval/accuracy"] = accuracy
-      if config.fid_every_steps and (step % config.fid_every_steps == 0 or is_last):
-        fid_state = state.ema if state.ema is not None else state.model
-        value = in_training_fid(trainer.graphdef, fid_state, config, mesh)
-        writer.write_scalars(step, {"eval/fid": value})
-        logging.info("step %d  FID %.2f (%d samples)", step, value, config.fid.num_samples)
+      with pace.paused():  # Checkpoints, samples and evaluations are not training steps.
+        if do_ckpt:
+          save(step)
+        if preempted:
+          break
+        if config.sample_every_steps and (step % config.sample_every_steps == 0 or is_last):
+          sample_state = state.ema if state.ema is not None else state.model
+          images = next(generate_samples(trainer.graphdef, sample_state, config, mesh,
+                                         config.sample.num_images, seed=0))
+          images = visualize.finite_samples(images, f"step {step} samples")
+          writer.write_images(step, {"samples": visualize.make_grid(
+              visualize.to_uint8(images))[None]})
+        if config.eval_every_steps and (step % config.eval_every_steps == 0 or is_last):
+          eval_state = state.ema if state.ema is not None else state.model
+          result = eval_lib.evaluate_bpd(trainer.graphdef, eval_state, config, mesh,
+                                         num_batches=config.num_eval_batches)
+          writer.write_scalars(step, {"eval/bpd": result["bpd"],
+                                      "eval/bpd_stderr": result["bpd_stderr"]})
+          logging.info("step %d  validation bits/dim %.4f ± %.4f (%d images)", step,
+                       result["bpd"], result["bpd_stderr"], result["num_images"])
+          last_metrics["eval/bpd"] = result["bpd"]
+          if config.model.num_classes:
+            accuracy = eval_lib.evaluate_accuracy(trainer.graphdef, eval_state, config, mesh,
+                                                  num_batches=config.num_eval_batches)["accuracy"]
+            writer.write_scalars(step, {"eval/accuracy": accuracy})
+            logging.info("step %d  Bayes-classifier accuracy %.4f", step, accuracy)
+            last_metrics["eval/accuracy"] = accuracy
+        if config.fid_every_steps and (step % config.fid_every_steps == 0 or is_last):
+          fid_state = state.ema if state.ema is not None else state.model
+          value = in_training_fid(trainer.graphdef, fid_state, config, mesh)
+          writer.write_scalars(step, {"eval/fid": value})
+          logging.info("step %d  FID %.2f (%d samples)", step, value, config.fid.num_samples)
   finally:
     stop.close()
     mngr.wait_until_finished()

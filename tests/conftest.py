@@ -53,10 +53,23 @@ import numpy as np
 import pytest
 from flax import nnx
 
+import repo_reads
 from tarflow_flax import models
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GOLDEN_DIR = os.environ.get("TARFLOW_GOLDEN_DIR", os.path.join(REPO, "..", "shared", "golden"))
+# The reference outputs ship in the repository (tests/data/golden/README.md); TARFLOW_GOLDEN_DIR
+# points the tests at another set (e.g. more cases made the same way).
+GOLDEN_DIR = os.environ.get("TARFLOW_GOLDEN_DIR", os.path.join(REPO, "tests", "data", "golden"))
+repo_reads.install(REPO, extra=(GOLDEN_DIR,) if "TARFLOW_GOLDEN_DIR" in os.environ else ())
+
+
+@pytest.fixture(autouse=True)
+def reads_only_the_repository():
+  """Fails a test when this process read a file from outside the repository since the previous
+  test ended (this test, its fixtures, or collection): a fresh clone has nothing beside it."""
+  yield
+  outside = repo_reads.take()
+  assert not outside, f"files read from outside the repository: {outside[:5]}"
 
 
 def golden_files():

@@ -104,6 +104,7 @@ def test_classify_cli_and_unconditional_refusal(tmp_path):
   assert data["metric"] == "classify" and data["num_images"] == 16 and data["noise_draws"] == 2
   assert f'"accuracy": {data["accuracy"]}' in run.stdout.strip().splitlines()[-1]  # The last line.
   assert 0 <= data["accuracy"] <= 1 and len(data["per_class_accuracy"]) == 10
+  assert "classify: batch 1, 8 images, " in run.stderr  # Progress, from the first batch on.
   uncond = tiny_config()
   checkpoint.save_model_checkpoint(str(tmp_path / "uncond"), models.build_model(uncond), uncond)
   bad = subprocess.run(

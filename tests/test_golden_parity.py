@@ -1,4 +1,4 @@
-"""Parity with the original PyTorch TarFlow on every golden file in ../shared/golden.
+"""Parity with the original PyTorch TarFlow on every golden file in tests/data/golden.
 
 Every shape and option comes from the file's `config` and `sample_args`, so the hidden golden
 cases (class-conditional with guidance; volume-preserving with a learned variance) run through the

@@ -1,4 +1,4 @@
-"""A fresh model follows the reference's initialisation (SEMANTICS.md §11) and is not the identity.
+"""A fresh model follows the reference's initialisation (docs/numerics.md §11), not the identity.
 
 Reference: every Linear torch's default, weight and bias ~ U(±1/√fan_in), except proj_out whose
 weight is zero (its bias keeps the default); pos_embed and class_embed N(0, 0.01²); LayerNorm

@@ -7,10 +7,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from ml_collections import ConfigDict
 
 from conftest import rel_err, tiny_model
-from tarflow_flax import sampling
-from tarflow_flax.sampling import jacobi, strategy
+from tarflow_flax import sampling, sharding
+from tarflow_flax.sampling import batches, jacobi, strategy
 
 EXACT = 1e-4  # Stated bound for tight-tolerance parallel samplers vs sequential (relative).
 
@@ -215,3 +216,16 @@ def test_gs_jacobi_attends_only_to_the_solved_prefix_and_its_segment():
   logits = {shape for shape in re.findall(r"= f32\[4,(\d+),(\d+)\]\S* dot\(", hlo)
             if "64" not in shape}
   assert logits == {("4", "4"), ("4", "8"), ("7", "15")}, logits
+
+
+@pytest.mark.parametrize("devices, mesh_shape", [(1, (1, 1)), (8, (8, 1)), (8, (2, 4)),
+                                                 (8, (1, 8))])
+def test_local_rows_counts_rows_not_shards(devices, mesh_shape):
+  """What the sample job reports as 'process i computed R of the B rows': one process holds all
+  rows of a batch, however its devices split (or replicate) them."""
+  mesh = sharding.make_mesh(ConfigDict(dict(zip(("data", "fsdp"), mesh_shape))),
+                            jax.devices()[:devices])
+  rows = batches.global_batch(np.zeros((5, 3), np.float32), 16, sharding.batch_sharding(mesh))
+  assert batches.local_rows(rows) == 16
+  replicated = batches.global_batch(np.zeros((5, 3), np.float32), 16, sharding.replicated(mesh))
+  assert batches.local_rows(replicated) == 16

@@ -8,7 +8,7 @@
   half-pixel centres (torch `interpolate(align_corners=False)`), then 2u − 1.
 
 Features under the two protocols differ by ~6e-3 relative at 32–64 px (measured against the real
-libraries, see shared/golden/fid), so an FID is only comparable with FIDs of the same protocol.
+libraries, see tests/data/golden/fid), so an FID is only comparable with FIDs of the same protocol.
 """
 
 from __future__ import annotations

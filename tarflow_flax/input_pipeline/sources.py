@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 
 import jax
 import tensorflow_datasets as tfds
@@ -159,6 +160,7 @@ def build(builder, data_config) -> None:
     check_manual_files(builder, data_config)
   logging.info("Building %s into %s", data_config.name, builder.data_path)
   config = tfds.download.DownloadConfig(manual_dir=manual_dir, try_download_gcs=False)
+  started = time.time()
   try:
     builder.download_and_prepare(download_config=config, file_format="array_record")
   except download_manager.NonMatchingChecksumError as e:
@@ -179,6 +181,7 @@ def build(builder, data_config) -> None:
               "config.data.data_dir at the copy)")
     raise DataError(f"could not build {data_config.name} {what}: "
                     f"{type(e).__name__}: {str(e)[:300]}") from e
+  logging.info("Built %s in %.0f s", data_config.name, time.time() - started)
 
 
 def _not_prepared(data_config) -> DataError:

@@ -5,7 +5,7 @@ Forward (density), in the block's token order (identity, or flipped for odd bloc
   z = (x - b) · exp(-a),  logdet = -mean(a)
 so token t's transform depends only on tokens < t, and token 0 passes through. The inverse is
 sequential over tokens: x[t+1] = z[t+1] · exp(a_t) + b_t, with a_t, b_t computed from x[<=t] by
-feeding one token at a time through a KV cache (SEMANTICS.md §3, §6, §8).
+feeding one token at a time through a KV cache (docs/numerics.md §3, §6, §8).
 
 Two optional features beyond the reference (both off by default, adding no parameters and no ops):
 - AdaLN conditioning (`cond_dim` > 0): a continuous vector y_cont (N, cond_dim) is embedded

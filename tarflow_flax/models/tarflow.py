@@ -26,7 +26,7 @@ class PriorVariance(nnx.Variable):
 
 
 class TarFlow(nnx.Module):
-  """The normalizing flow x ↔ z with exact log-likelihood (SEMANTICS.md §1–§8)."""
+  """The normalizing flow x ↔ z with exact log-likelihood (docs/numerics.md §1–§8)."""
 
   def __init__(self, *, in_channels: int, img_size: int, patch_size: int, channels: int,
                num_blocks: int, layers_per_block, nvp: bool = True, num_classes: int = 0,

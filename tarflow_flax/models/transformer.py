@@ -1,7 +1,8 @@
 """Pre-LN causal transformer layer of a TarFlow block, with a KV-cached single-token step.
 
-Numerics follow the reference (SEMANTICS.md §2): LayerNorm eps 1e-5 computed in float32, exact-erf
-GELU, fused QKV with head width 64, logits scaled by 64^-0.5 / temperature, softmax in float32.
+Numerics follow the reference (docs/numerics.md §2): LayerNorm eps 1e-5 computed in float32,
+exact-erf GELU, fused QKV with head width 64, logits scaled by 64^-0.5 / temperature, softmax in
+float32.
 Matmuls run in the compute dtype; the residual stream stays float32 (as under torch autocast, where
 a bf16 Linear output added to the f32 stream promotes to f32).
 

@@ -85,7 +85,8 @@ def global_batch(values: np.ndarray, size: int, target) -> jax.Array:
 
 def local_rows(array: jax.Array) -> int:
   """How many rows of `array` live on this process's devices (replicas counted once)."""
-  return len({s.index[0].indices(array.shape[0]) for s in array.addressable_shards})
+  row_ranges = {s.index[0].indices(array.shape[0]) for s in array.addressable_shards}
+  return sum(len(range(*r)) for r in row_ranges)
 
 
 def _sample_rows(model, mesh, noise, labels, values, batch: int, sample_options):

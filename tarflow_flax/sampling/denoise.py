@@ -1,5 +1,8 @@
-"""Score-based denoising of samples: one Tweedie step x + σ²·∇ₓ log p(x) (SEMANTICS.md §9),
-optionally scaled (lr·σ²·∇ₓ log p, as the reference's FID script)."""
+"""Score-based denoising of samples: one Tweedie step x + σ²·∇ₓ log p(x), optionally scaled
+(lr·σ²·∇ₓ log p, as the reference's FID script).
+
+Step size and gradient as the reference: docs/numerics.md §9.
+"""
 
 from __future__ import annotations
 

@@ -29,6 +29,7 @@ from ml_collections import config_flags
 
 import common  # benchmarks/common.py (the script's own folder is on sys.path)
 from tarflow_flax import config_lib, convert, losses, models, sharding, steps
+from tarflow_flax.sampling import sequential
 
 ROWS = (  # (label, image size, patch, batch, classes, guidance)
     ("32x32x3 p2 b16", 32, 2, 16, 0, 0.0),
@@ -80,7 +81,7 @@ class Ours:
     jax.block_until_ready(metrics)
 
   def sample(self, noise, y, guidance):
-    return jax.block_until_ready(self.model.reverse(noise, y, guidance=guidance))
+    return jax.block_until_ready(sequential.reverse(self.model, noise, y, guidance=guidance))
 
 
 class Theirs:

@@ -28,11 +28,11 @@ from flax import nnx
 
 from tarflow_flax import config_lib, flops, job_flags, models, runtime, sharding, steps
 from tarflow_flax.models import attention, transformer
+from tarflow_flax.sampling import api as sampling_api
 
 # HBM per chip (GiB) by device kind prefix (longest prefix wins).
 HBM_GIB = {"TPU v4": 32.0, "TPU v5 lite": 16.0, "TPU v5": 95.0, "TPU v6 lite": 32.0}
 COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "collective-permute", "all-to-all")
-GS_JACOBI_SEGMENTS = 8  # The sampler's default (sampling.api.DEFAULT_GS_SEGMENTS).
 _DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "bf16": 2, "f16": 2, "s32": 4,
                 "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8}
 
@@ -124,11 +124,9 @@ def lower_sampler_steps(config, devices, batch: int, segment: int):
 
   def token_step(state, x, cache, position):
     b = nnx.merge(graphdef, state)
-    pos = jax.lax.dynamic_slice_in_dim(b.pos_embed[...], position, segment, axis=0)[None]
-    h = b.embed(x, pos, None)
-    h, cache = transformer.step_layers(transformer.unstack_layers(b.layers), h, cache,
-                                       position)
-    return b.split_params(b.proj_out(h.astype(b.dtype))), cache
+    a, shift, cache = b.cached_params(b.sampling_pass(None, batch, guided=False), x, position,
+                                      cache)
+    return (a, shift), cache
 
   jitted = jax.jit(steps.traced_on_mesh(token_step, mesh),
                    out_shardings=((data, data), cache_sharding),
@@ -257,8 +255,8 @@ def check_sample(config, topology: str, batch: int | None = None) -> list[dict]:
   batch = batch or config.sample.num_images
   tokens = (config.image_size // config.model.patch_size)**2
   results = []
-  for name, segment in (("sequential_token_step", 1),
-                        ("gs_jacobi_sweep", max(1, (tokens - 1) // GS_JACOBI_SEGMENTS))):
+  sweep = max(1, (tokens - 1) // sampling_api.DEFAULT_GS_SEGMENTS)
+  for name, segment in (("sequential_token_step", 1), ("gs_jacobi_sweep", sweep)):
     lowered, mesh, resolved = lower_sampler_steps(config, devices, batch, segment)
     compiled, compile_s = _compile(lowered)
     depth = max(config_lib.block_depths(resolved.model))

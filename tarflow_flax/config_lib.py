@@ -15,6 +15,9 @@ DATASETS = ("mnist_embedded", "downsampled_imagenet", "imagenet2012", "imagenet_
 COMPUTE_DTYPES = ("float32", "bfloat16")
 ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn", "splash")
 REMAT_POLICIES = ("full", "save_matmuls")
+# The samplers (their table: sampling/api.py) and what classifier-free guidance pushes.
+SAMPLE_METHODS = ("sequential", "jacobi", "gs_jacobi", "auto")
+GUIDE_WHAT = ("", "a", "b", "ab")
 # `config.model` keys that choose how the model runs, not which weights it has (the parameter tree
 # is the same stacked tree whatever their values): a run may resume, fine-tune or load converted
 # weights with any of them changed.
@@ -122,6 +125,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.sample = ml_collections.ConfigDict()
   c.sample.num_images = 16
+  c.sample.method = "sequential"  # One of SAMPLE_METHODS (sampling/api.py).
   c.sample.guidance = 0.0
   c.sample.guide_what = "ab"
   c.sample.attn_temp = 1.0
@@ -228,8 +232,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _fail("ema_decay", "must be in [0, 1)", c.ema_decay)
   if c.learning_rate <= 0:
     _fail("learning_rate", "must be > 0", c.learning_rate)
-  if c.sample.guide_what not in ("", "a", "b", "ab"):
-    _fail("sample.guide_what", "must be one of '', 'a', 'b', 'ab'", c.sample.guide_what)
+  if c.sample.method not in SAMPLE_METHODS:
+    _fail("sample.method", f"must be one of {', '.join(SAMPLE_METHODS)}", c.sample.method)
+  if c.sample.guide_what not in GUIDE_WHAT:
+    _fail("sample.guide_what", f"must be one of {', '.join(map(repr, GUIDE_WHAT))}",
+          c.sample.guide_what)
   if c.sample.denoise_lr < 0:
     _fail("sample.denoise_lr", "must be >= 0 (0: no denoising)", c.sample.denoise_lr)
   if c.sample.attn_temp <= 0:

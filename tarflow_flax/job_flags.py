@@ -75,7 +75,8 @@ class SamplerFlags:
 
 def define_sampler() -> SamplerFlags:
   return SamplerFlags(
-      method=flags.DEFINE_enum("method", "sequential", list(sampling_api.METHODS), "Sampler."),
+      method=flags.DEFINE_enum("method", None, list(sampling_api.METHODS),
+                               "Sampler (default: config.sample.method)."),
       tol=flags.DEFINE_float("tol", sampling_api.DEFAULT_TOL, "Parallel samplers' tolerance."),
       guidance=flags.DEFINE_float("guidance", None, "Default: config.sample.guidance."),
       attn_temp=flags.DEFINE_float("attn_temp", None, "Default: config.sample.attn_temp."),

@@ -32,6 +32,7 @@ from tarflow_flax import job_flags, runtime, visualize
 from tarflow_flax.fid import protocols as fid_protocols
 from tarflow_flax.sampling import api as sampling_api
 from tarflow_flax.sampling import batches, strategy
+from tarflow_flax.sampling import settings as sample_settings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +41,7 @@ class Options:
   outdir: str
   num_samples: int = 64
   shard_size: int = 64  # Samples per shard (one global batch).
-  method: str = "sequential"
+  method: str | None = None
   tol: float = sampling_api.DEFAULT_TOL
   classes: Sequence[int] | None = None  # Class labels to cycle (default: all, balanced).
   cond: Sequence[str | float] | None = None  # AdaLN condition values, cond_dim per vector.
@@ -136,37 +137,23 @@ def write_shard(outdir, index: int, images: np.ndarray, labels, grid_columns=Non
     visualize.save_png(outdir / "grid.png", visualize.make_grid(images[:100], ncol=grid_columns))
 
 
-def sampler_settings(config, options: Options) -> tuple[dict, float | None, float]:
-  """(guidance settings, denoise_std, denoise_lr) of `options`, config.sample.* where unset;
-  denoise_std is None when the job does not denoise."""
-  s = config.sample
-
-  def given(value, default):
-    return default if value is None else value
-
-  guidance = dict(guidance=given(options.guidance, s.guidance), guide_what=s.guide_what,
-                  attn_temp=given(options.attn_temp, s.attn_temp),
-                  annealed_guidance=given(options.annealed_guidance, s.annealed_guidance))
-  denoise = given(options.denoise, s.denoise)
-  denoise_std = config.data.noise_std if denoise and config.data.noise_type == "gaussian" else None
-  denoise_lr = given(options.denoise_lr, s.denoise_lr)
-  if denoise_lr < 0:
-    raise runtime.UserError(f"--denoise_lr={denoise_lr}: must be >= 0 (0: no denoising)")
-  return guidance, denoise_std, denoise_lr
-
-
 def run_job(root, options: Options, config=None) -> int:
   """Writes the missing shards of the checkpoint at `root` into options.outdir; returns the
   number of shards of the job. config: the model's config (default: the checkpoint's)."""
   model, config, mesh, meta = runtime.restore_model(root, config, step=options.step,
                                                     use_ema=options.use_ema)
-  guidance, denoise_std, denoise_lr = sampler_settings(config, options)
+  guidance = sample_settings.from_config(
+      config, method=options.method, guidance=options.guidance, attn_temp=options.attn_temp,
+      annealed_guidance=options.annealed_guidance, denoise=options.denoise,
+      denoise_lr=options.denoise_lr)
+  method = guidance.pop("method")  # What stays: the guidance settings.
+  denoise_std, denoise_lr = guidance.pop("denoise_std"), guidance.pop("denoise_lr")
   classes = [int(c) for c in options.classes] if options.classes else None
   outdir = runtime.path(options.outdir)
   cond = batches.parse_cond(options.cond, config.model.cond_dim)
   shard_size, num_samples, seed = options.shard_size, options.num_samples, options.seed
   settings = {"config": json.loads(config.to_json()), "step": meta["step"],
-              "weights": meta["weights"], "method": options.method, "tol": options.tol,
+              "weights": meta["weights"], "method": method, "tol": options.tol,
               "seed": seed, "shard_size": shard_size, "classes": classes,
               "cond": None if cond is None else cond.tolist(),
               "denoise_std": denoise_std, "denoise_lr": denoise_lr if denoise_std else None,
@@ -175,8 +162,8 @@ def run_job(root, options: Options, config=None) -> int:
 
   num_shards = -(-num_samples // shard_size)
   batch = batches.padded_size(shard_size, mesh)  # Every shard, the last too: one compile.
-  method_options = {"method": options.method, "tol": options.tol}
-  if options.method == "auto":
+  method_options = {"method": method, "tol": options.tol}
+  if method == "auto":
     method_options = calibrated_plan(model, outdir, record, batch, guidance, seed=seed,
                                      tol=options.tol)
   # Process 0 decides which shards are missing, so that all hosts run the same batches.

@@ -24,6 +24,7 @@ from tarflow_flax import input_pipeline as data_lib
 from tarflow_flax import visualize
 from tarflow_flax import finetune
 from tarflow_flax.sampling import batches as sample_batches
+from tarflow_flax.sampling import settings as sample_settings
 
 OPT, DATA = "opt", "data"
 FID_SEED = 1000  # In-training FID samples; the TensorBoard grid uses seed 0.
@@ -73,15 +74,6 @@ def _restore_or_init(mngr, trainer, abstract_model, shardings, mesh, train_iter,
                           ema=restored.get(checkpoint.EMA))
 
 
-def sample_options(config) -> dict[str, Any]:
-  """The config's sampler settings (sequential sampler, guidance, denoising)."""
-  s = config.sample
-  denoise = s.denoise and config.data.noise_type == "gaussian"
-  return dict(guidance=s.guidance, guide_what=s.guide_what, attn_temp=s.attn_temp,
-              annealed_guidance=s.annealed_guidance,
-              denoise_std=config.data.noise_std if denoise else None, denoise_lr=s.denoise_lr)
-
-
 def generate_samples(graphdef, model_state, config, mesh, num_images: int, seed: int):
   """Float NHWC sample batches of `config.sample.num_images` (the last one shorter) as the sample
   job makes them: sample i depends on (seed, i) only, classes balanced over all samples."""
@@ -90,7 +82,7 @@ def generate_samples(graphdef, model_state, config, mesh, num_images: int, seed:
   for start in range(0, num_images, config.sample.num_images):
     count = min(config.sample.num_images, num_images - start)
     images, _, _ = sample_batches.generate(model, mesh, seed=seed, start=start, count=count,
-                                           batch=batch, **sample_options(config))
+                                           batch=batch, **sample_settings.from_config(config))
     yield images
 
 

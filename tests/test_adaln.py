@@ -12,6 +12,7 @@ from flax import nnx
 from conftest import GOLDEN_DIR, random_images, rel_err, tiny_config, tiny_model
 from tarflow_flax import config_lib, convert, models, sampling, sharding
 from tarflow_flax import input_pipeline as data_lib
+from tarflow_flax.sampling import sequential
 
 Y_CONT = jnp.array([[0.5, -1.0], [2.0, 0.3], [np.nan, np.nan], [-1.5, 1.0]])
 
@@ -66,7 +67,7 @@ def test_condition_changes_the_flow_and_inverse_is_exact():
   z, logdets, _ = model(x, y, Y_CONT)
   z_other, _, _ = model(x, y, Y_CONT[::-1])
   assert rel_err(z_other, z) > 1e-3  # The continuous condition acts.
-  x_rec = model.reverse(z / jnp.sqrt(model.var[...]), y, y_cont=Y_CONT)
+  x_rec = sequential.reverse(model, z / jnp.sqrt(model.var[...]), y, y_cont=Y_CONT)
   np.testing.assert_allclose(x_rec, x, atol=1e-5, rtol=0)
   # NaN rows select the null embedding, the same as y_cont=None.
   z_null, _, _ = model(x, y, jnp.full_like(Y_CONT, np.nan))
@@ -129,7 +130,7 @@ def test_sharded_equals_single_device():
   y_cont = jax.random.normal(jax.random.key(2), (8, 2))
   z, logdets, _ = model(x, y, y_cont)
   noise = jax.random.normal(jax.random.key(5), (8, model.num_tokens, model.token_dim))
-  samples = model.reverse(noise, y, y_cont=y_cont, guidance=1.0)
+  samples = sequential.reverse(model, noise, y, y_cont=y_cont, guidance=1.0)
 
   mesh = sharding.make_mesh(tiny_config().mesh)
   graphdef, state = nnx.split(model)
@@ -139,7 +140,7 @@ def test_sharded_equals_single_device():
   assert len(z_s.sharding.device_set) == 8
   np.testing.assert_allclose(z_s, z, atol=1e-5, rtol=0)
   np.testing.assert_allclose(logdets_s, logdets, atol=1e-6, rtol=0)
-  samples_s = placed.reverse(put(noise), put(y), y_cont=put(y_cont), guidance=1.0)
+  samples_s = sequential.reverse(placed, put(noise), put(y), y_cont=put(y_cont), guidance=1.0)
   np.testing.assert_allclose(samples_s, samples, atol=1e-5, rtol=0)
 
 
@@ -161,7 +162,7 @@ def test_zero_initialised_adaln_keeps_the_golden_numbers():
   z, logdets, _ = model(jnp.asarray(np.transpose(d["x"], (0, 2, 3, 1))), None, y_cont)
   assert rel_err(z, d["z"][..., perm]) <= 1e-5
   np.testing.assert_allclose(logdets, d["logdets"], atol=1e-5, rtol=0)
-  sample = model.reverse(jnp.asarray(d["noise"][..., perm]), y_cont=y_cont)
+  sample = sequential.reverse(model, jnp.asarray(d["noise"][..., perm]), y_cont=y_cont)
   assert rel_err(sample, np.transpose(d["sample_g0"], (0, 2, 3, 1))) <= 1e-5
 
 

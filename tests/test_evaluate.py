@@ -1,4 +1,4 @@
-"""Exact bits/dim: golden parity, invariance to sharding and padding, whole-split coverage; the job."""
+"""Exact bits/dim: golden parity, invariance to sharding and padding, whole-split coverage; job."""
 
 import json
 import os

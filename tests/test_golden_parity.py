@@ -16,6 +16,7 @@ from flax import nnx
 
 from conftest import golden_files, rel_err
 from tarflow_flax import convert, losses, sampling
+from tarflow_flax.sampling import sequential
 
 TOL = 1e-5
 GUIDED_COND_TOL = 2e-5  # Guided class-conditional chains amplify float32 rounding (README).
@@ -127,13 +128,13 @@ def test_samples(golden):
   assert "sample_g0" in args
   for key, kwargs in args.items():
     tol = GUIDED_COND_TOL if golden.y_sample is not None and kwargs["guidance"] > 0 else TOL
-    sample = golden.model.reverse(noise, golden.y_sample, **kwargs)
+    sample = sequential.reverse(golden.model, noise, golden.y_sample, **kwargs)
     assert rel_err(sample, nhwc(golden.d[key])) <= tol, key
 
 
 def test_reverse_sequence(golden):
   noise = jnp.asarray(golden.tokens("noise"))
-  _, sequence = golden.model.reverse(noise, golden.y_sample, return_sequence=True)
+  _, sequence = sequential.reverse(golden.model, noise, golden.y_sample, return_sequence=True)
   assert rel_err(sequence, nhwc(golden.d["sample_g0_seq"])) <= TOL
 
 

@@ -10,6 +10,7 @@ from flax import nnx
 
 from conftest import random_images, rel_err, tiny_model
 from tarflow_flax import config_lib, losses, models
+from tarflow_flax.sampling import guidance, sequential
 
 
 @pytest.mark.parametrize("nvp,num_classes,num_blocks,layers", [
@@ -27,7 +28,7 @@ def test_reverse_inverts_forward(nvp, num_classes, num_blocks, layers):
   z, logdets, _ = model(x, y)
   assert float(jnp.std(logdets)) > 0 or not nvp  # Blocks are far from the identity.
   assert rel_err(z, model.patchify(x)) > 1e-2
-  x_rec = model.reverse(z / jnp.sqrt(model.var[...]), y)
+  x_rec = sequential.reverse(model, z / jnp.sqrt(model.var[...]), y)
   np.testing.assert_allclose(x_rec, x, atol=1e-5, rtol=0)
 
 
@@ -128,7 +129,7 @@ def test_bfloat16_compute_within_bf16_tolerance():
   assert rel_err(z16, z32) < 3e-2
   assert rel_err(ld16, ld32) < 3e-2
   assert abs(float(losses.nll_loss(z16, ld16) - losses.nll_loss(z32, ld32))) < 1e-2
-  sample = bf16.reverse(z16)
+  sample = sequential.reverse(bf16, z16)
   assert rel_err(sample, x) < 5e-2
 
 
@@ -158,15 +159,16 @@ def test_guidance_changes_samples_and_annealing_weights():
   model = tiny_model(num_classes=3)
   noise = jax.random.normal(jax.random.key(0), (2, model.num_tokens, model.token_dim))
   y = jnp.array([0, 2])
-  plain = model.reverse(noise, y)
+  plain = sequential.reverse(model, noise, y)
   for kwargs in [dict(guidance=1.5), dict(guidance=1.5, guide_what="a"),
                  dict(guidance=1.5, guide_what="b"), dict(guidance=1.5, annealed_guidance=True),
                  dict(guidance=0.5, attn_temp=0.5)]:
-    assert rel_err(model.reverse(noise, y, **kwargs), plain) > 1e-4, kwargs
+    assert rel_err(sequential.reverse(model, noise, y, **kwargs), plain) > 1e-4, kwargs
   # guide_what='' or guidance 0 is no guidance at all, whatever the temperature.
-  np.testing.assert_array_equal(model.reverse(noise, y, guidance=1.5, guide_what=""), plain)
-  np.testing.assert_array_equal(model.reverse(noise, y, attn_temp=0.3), plain)
-  w = models.flow_block.guidance_weights(5, 2.0, annealed=True)
+  np.testing.assert_array_equal(sequential.reverse(model, noise, y, guidance=1.5, guide_what=""),
+                                plain)
+  np.testing.assert_array_equal(sequential.reverse(model, noise, y, attn_temp=0.3), plain)
+  w = guidance.weights(5, 2.0, "ab", annealed=True)
   np.testing.assert_allclose(w, [0.5, 1.0, 1.5, 2.0])
 
 
@@ -193,12 +195,13 @@ def test_bad_inputs_get_clear_errors():
   with pytest.raises(ValueError, match=r"label 3 outside \[-1, 3\)"):
     model(jnp.zeros((2, 8, 8, 3)), jnp.array([0, 3]))
   with pytest.raises(ValueError, match=r"label -2 outside"):
-    model.reverse(jnp.zeros((2, model.num_tokens, model.token_dim)), jnp.array([-2, 0]))
+    sequential.reverse(model, jnp.zeros((2, model.num_tokens, model.token_dim)),
+                       jnp.array([-2, 0]))
   with pytest.raises(ValueError, match="expected tokens of shape"):
-    model.reverse(jnp.zeros((2, model.num_tokens, 5)))
+    sequential.reverse(model, jnp.zeros((2, model.num_tokens, 5)))
   with pytest.raises(ValueError, match="guide_what"):
-    model.reverse(jnp.zeros((2, model.num_tokens, model.token_dim)), guidance=1.0,
-                  guide_what="c")
+    sequential.reverse(model, jnp.zeros((2, model.num_tokens, model.token_dim)), guidance=1.0,
+                       guide_what="c")
   uncond = tiny_model()
   with pytest.raises(ValueError, match="unconditional"):
     uncond(jnp.zeros((1, 8, 8, 1)), jnp.array([0]))
@@ -207,12 +210,11 @@ def test_bad_inputs_get_clear_errors():
 def test_sequential_sampler_reads_the_weights_in_place():
   """No per-token copy of any layer weight: XLA does not hoist slices of the stacked weights out
   of the token loop, so slicing them inside it once copied every weight on every token."""
-  from tarflow_flax.models import tarflow  # pylint: disable=g-import-not-at-top
   model = tiny_model(in_channels=1, img_size=8, patch_size=2, channels=128, num_blocks=1,
                      layers_per_block=2)
   noise = jnp.zeros((2, model.num_tokens, model.token_dim))
-  hlo = tarflow._reverse.lower(model, noise, None, None, jnp.float32(1), None,
-                               guide_what="ab").compile().as_text()
+  hlo = sequential._reverse.lower(model, noise, None, None, jnp.float32(1), None,
+                                  guide_what="ab").compile().as_text()
   bodies = [c for c in hlo.split("\n\n") if "while" in c.split("\n")[0] or "region" in
             c.split("\n")[0]]
   loop = max(bodies, key=lambda c: c.count("\n"))  # The token loop's body: the largest region.
@@ -227,7 +229,6 @@ def test_sequential_sampler_attends_only_to_the_filled_chunks(monkeypatch):
   """The sampler's KV cache grows chunk by chunk, so a step's attention reads the chunks filled so
   far, not the whole sequence (half the memory traffic on long sequences); samples are those of a
   single full-length cache."""
-  from tarflow_flax.models import flow_block  # pylint: disable=g-import-not-at-top
   model = tiny_model(in_channels=3, img_size=8, patch_size=2, num_blocks=1, layers_per_block=2,
                      num_classes=3)
   block = model.blocks[0]
@@ -235,18 +236,19 @@ def test_sequential_sampler_attends_only_to_the_filled_chunks(monkeypatch):
   labels = jnp.array([0, 2])
 
   def sample():  # Traced afresh at every call: the chunking is read at trace time.
-    fn = jax.jit(lambda z: block.reverse(z, labels, guidance_weights=jnp.full((15,), 1.5)))
+    fn = jax.jit(lambda z: sequential.invert_block(block, z, labels,
+                                                   guidance_weights=jnp.full((15,), 1.5)))
     return fn(z), fn.lower(z).compile().as_text()
 
-  monkeypatch.setattr(flow_block, "MIN_SAMPLING_CHUNK", 4)
-  assert flow_block.sampling_chunks(15) == [(0, 5), (5, 10), (10, 15)]
+  monkeypatch.setattr(sequential, "MIN_SAMPLING_CHUNK", 4)
+  assert sequential.sampling_chunks(15) == [(0, 5), (5, 10), (10, 15)]
   chunked, hlo = sample()
   # Attention logits (guided batch 4, 1 query; XLA drops the single head) over the keys of each
   # chunk's cache.
   key_counts = set(re.findall(r"= f32\[4,1,(\d+)\]\S* dot\(", hlo))
   assert key_counts == {"5", "10", "15"}, key_counts
-  monkeypatch.setattr(flow_block, "MIN_SAMPLING_CHUNK", 10**6)
-  assert flow_block.sampling_chunks(15) == [(0, 15)]
+  monkeypatch.setattr(sequential, "MIN_SAMPLING_CHUNK", 10**6)
+  assert sequential.sampling_chunks(15) == [(0, 15)]
   single, _ = sample()
   assert rel_err(chunked, z) > 1e-2
   np.testing.assert_allclose(chunked, single, atol=1e-6, rtol=0)

@@ -229,3 +229,44 @@ def test_local_rows_counts_rows_not_shards(devices, mesh_shape):
   assert batches.local_rows(rows) == 16
   replicated = batches.global_batch(np.zeros((5, 3), np.float32), 16, sharding.replicated(mesh))
   assert batches.local_rows(replicated) == 16
+
+
+def test_sample_dispatches_through_the_sampler_table(monkeypatch):
+  """`sample` runs the table's entry for the method: a new sampler is one entry, and the config's
+  method names are the table's."""
+  from tarflow_flax import config_lib  # pylint: disable=g-import-not-at-top
+  assert sampling.METHODS == tuple(sampling.SAMPLERS) == config_lib.SAMPLE_METHODS
+  model = tiny_model()
+  noise = _noise(model, n=2)
+  calls = []
+
+  def fake(model_, noise_tokens, y, **settings):
+    calls.append(settings)
+    return jnp.zeros((2, model_.img_size, model_.img_size, model_.in_channels)), {"fake": True}
+
+  monkeypatch.setitem(sampling.SAMPLERS, "gs_jacobi", fake)
+  images, info = sampling.sample(model, noise, method="gs_jacobi", guidance=0.5, tol=1e-3)
+  assert info["fake"] and info["method"] == "gs_jacobi" and not np.any(images)
+  assert calls[0]["tol"] == 1e-3 and calls[0]["guidance_kwargs"]["guidance"] == 0.5
+
+
+def test_sampler_settings_come_from_the_config_unless_given():
+  from conftest import tiny_config  # pylint: disable=g-import-not-at-top
+  from tarflow_flax import config_lib  # pylint: disable=g-import-not-at-top
+  from tarflow_flax.sampling import settings  # pylint: disable=g-import-not-at-top
+  config = tiny_config(**{"sample.method": "gs_jacobi", "sample.guidance": 1.5,
+                          "data.noise_type": "gaussian", "data.noise_std": 0.1})
+  assert settings.from_config(config) == dict(
+      method="gs_jacobi", guidance=1.5, guide_what="ab", attn_temp=1.0, annealed_guidance=False,
+      denoise_std=0.1, denoise_lr=1.0)
+  given = settings.from_config(config, method="sequential", guidance=0.0, denoise=False,
+                               attn_temp=0.5, denoise_lr=0.5)
+  assert (given["method"], given["guidance"], given["denoise_std"], given["attn_temp"],
+          given["denoise_lr"]) == ("sequential", 0.0, None, 0.5, 0.5)
+  config.data.noise_type = "uniform"  # Nothing to denoise with.
+  assert settings.from_config(config)["denoise_std"] is None
+  with pytest.raises(ValueError, match="denoise_lr=-1"):
+    settings.from_config(config, denoise_lr=-1)
+  config.sample.method = "fast"
+  with pytest.raises(config_lib.ConfigError, match="sample.method='fast': must be one of"):
+    config_lib.validate(config)

@@ -7,6 +7,7 @@ import pytest
 
 from conftest import random_images, rel_err, tiny_model
 from tarflow_flax import config_lib, sampling
+from tarflow_flax.sampling import sequential
 from conftest import tiny_config
 
 CLIP = 0.1
@@ -39,7 +40,7 @@ def test_soft_clip_zero_is_bit_identical_to_no_clip():
   for got, want in zip(off(x)[:2], default(x)[:2]):
     np.testing.assert_array_equal(got, want)
   noise = jax.random.normal(jax.random.key(1), (4, off.num_tokens, off.token_dim))
-  np.testing.assert_array_equal(off.reverse(noise), default.reverse(noise))
+  np.testing.assert_array_equal(sequential.reverse(off, noise), sequential.reverse(default, noise))
 
 
 def test_inverse_is_exact_with_the_clip():
@@ -47,10 +48,10 @@ def test_inverse_is_exact_with_the_clip():
   x = random_images(4, model)
   y = jnp.array([0, 1, 2, -1])
   z, _, _ = model(x, y)
-  np.testing.assert_allclose(model.reverse(z / jnp.sqrt(model.var[...]), y), x, atol=1e-5,
-                             rtol=0)
+  np.testing.assert_allclose(sequential.reverse(model, z / jnp.sqrt(model.var[...]), y), x,
+                             atol=1e-5, rtol=0)
   noise = jax.random.normal(jax.random.key(1), (4, model.num_tokens, model.token_dim))
-  seq = model.reverse(noise, jnp.array([0, 1, 2, 0]), guidance=1.0)
+  seq = sequential.reverse(model, noise, jnp.array([0, 1, 2, 0]), guidance=1.0)
   for method in ("jacobi", "gs_jacobi"):  # Every sampler uses the clipped log-scales.
     par, _ = sampling.sample(model, noise, jnp.array([0, 1, 2, 0]), method=method, tol=0.0,
                              guidance=1.0)

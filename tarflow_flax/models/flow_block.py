@@ -3,9 +3,9 @@
 Forward (density), in the block's token order (identity, or flipped for odd blocks):
   (a, b) = shift_by_one(proj_out(layers(proj_in(x) + pos + class)))
   z = (x - b) · exp(-a),  logdet = -mean(a)
-so token t's transform depends only on tokens < t, and token 0 passes through. The inverse is
-sequential over tokens: x[t+1] = z[t+1] · exp(a_t) + b_t, with a_t, b_t computed from x[<=t] by
-feeding one token at a time through a KV cache (docs/numerics.md §3, §6, §8).
+so token t's transform depends only on tokens < t, and token 0 passes through. The inverse solves
+x[t+1] = z[t+1] · exp(a_t) + b_t, with a_t, b_t computed from x[<=t]: the samplers (sampling/)
+feed tokens through a KV cache with `cached_params` (docs/numerics.md §3, §6, §8).
 
 Two optional features beyond the reference (both off by default, adding no parameters and no ops):
 - AdaLN conditioning (`cond_dim` > 0): a continuous vector y_cont (N, cond_dim) is embedded
@@ -18,15 +18,31 @@ Two optional features beyond the reference (both off by default, adding no param
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from tarflow_flax import sharding
 from tarflow_flax.models import transformer
 
 EMBED_INIT_STD = 1e-2  # Reference init of pos_embed and class_embed.
+
+
+class SamplingPass(NamedTuple):
+  """What every KV-cached step of one sampling pass over a block shares (`FlowBlock.sampling_pass`).
+
+  Guided, the batch is doubled to [conditional | unconditional] and the steps push (a, b) away from
+  the unconditional pass as `guide_what` says.
+  """
+  layers: tuple  # The stacked layers, unstacked once, outside the token loops.
+  pos: jax.Array  # (1, T, C) position embeddings in the block's token order.
+  cond: jax.Array | None  # (N, 1, C) class embedding (2N guided).
+  adaln: jax.Array | None  # (N, C) AdaLN vector (2N guided).
+  temperature: jax.Array  # Attention temperature, scalar or (2N,) guided.
+  guided: bool
+  guide_what: str
 
 
 class FlowBlock(nnx.Module):
@@ -120,21 +136,46 @@ class FlowBlock(nnx.Module):
       a = self.soft_clip * jnp.tanh(a / self.soft_clip)
     return a, b
 
-  def sampling_conditioning(self, y, batch: int, guided: bool, attn_temp, y_cont=None):
-    """(class embedding, AdaLN vector, attention temperature) of a sampling pass. Guided: the
-    batch doubles to [conditional (temperature 1) | unconditional (mean class embedding, null
-    AdaLN embedding, temperature attn_temp)]."""
+  def sampling_pass(self, y, batch: int, *, guided: bool, guide_what: str = "ab", attn_temp=1.0,
+                    y_cont=None) -> SamplingPass:
+    """The shared inputs of a sampling pass. Guided: the batch doubles to [conditional
+    (temperature 1) | unconditional (mean class embedding, null AdaLN embedding, temperature
+    attn_temp)]."""
     cond = self.class_embedding(y, batch)
     adaln = self.adaln_embedding(y_cont, batch)
-    if not guided:
-      return cond, adaln, jnp.float32(1.0)
-    uncond = self.class_embedding(None, batch)
-    cond = None if cond is None else jnp.concatenate([cond, uncond])
-    if adaln is not None:
-      adaln = jnp.concatenate([adaln, self.adaln_embedding(None, batch)])
-    temperature = jnp.concatenate([jnp.ones((batch,), jnp.float32),
-                                   jnp.full((batch,), attn_temp, jnp.float32)])
-    return cond, adaln, temperature
+    temperature = jnp.float32(1.0)
+    if guided:
+      uncond = self.class_embedding(None, batch)
+      cond = None if cond is None else jnp.concatenate([cond, uncond])
+      if adaln is not None:
+        adaln = jnp.concatenate([adaln, self.adaln_embedding(None, batch)])
+      temperature = jnp.concatenate([jnp.ones((batch,), jnp.float32),
+                                     jnp.full((batch,), attn_temp, jnp.float32)])
+    return SamplingPass(transformer.unstack_layers(self.layers),
+                        self.permute(self.pos_embed[...][None]), cond, adaln, temperature, guided,
+                        guide_what)
+
+  def empty_cache(self, sampling: SamplingPass, batch: int) -> transformer.KVCache:
+    """A zero-length KV cache for a sampling pass over `batch` images (the samplers grow it)."""
+    return transformer.KVCache.zeros(self.num_layers, (2 if sampling.guided else 1) * batch, 0,
+                                     sampling.pos.shape[-1], self.dtype)
+
+  def cached_params(self, sampling: SamplingPass, inputs, position, cache,
+                    guidance_weight=None):
+    """(a, b, cache): the transform parameters of the tokens after `inputs`, the S block-order
+    tokens at positions position … position+S−1, fed through the KV cache (which they extend;
+    the earlier positions must be in it). guidance_weight: the weight of each of the S updates
+    (a scalar, or broadcastable to (N, S, 1)) in a guided pass."""
+    if sampling.guided:
+      inputs = jnp.concatenate([inputs, inputs])
+    pos = jax.lax.dynamic_slice_in_dim(sampling.pos, position, inputs.shape[1], axis=1)
+    h = self.embed(inputs, pos, sampling.cond)
+    h, cache = transformer.step_layers(sampling.layers, h, cache, position, sampling.temperature,
+                                       sampling.adaln)
+    a, b = self.split_params(self.proj_out(h.astype(self.dtype)))
+    if sampling.guided:
+      a, b = apply_guidance(a, b, guidance_weight, sampling.guide_what)
+    return a, b, cache
 
   def transform_params(self, x_perm, cond, temperature=1.0, adaln=None):
     """(a, b) for every token of `x_perm` (block order), shifted so token t sees tokens < t.
@@ -159,46 +200,6 @@ class FlowBlock(nnx.Module):
     z = (x_perm - b) * jnp.exp(-a)
     return self.permute(z), -jnp.mean(a, axis=(1, 2))
 
-  def reverse(self, z, y=None, *, guidance_weights=None, guide_what: str = "ab",
-              attn_temp=1.0, y_cont=None):
-    """Exact sequential inverse of `__call__` with a KV cache: compiled token loops, one per
-    cache chunk (`sampling_chunks`).
-
-    guidance_weights: None (no guidance) or a (T-1,) float32 array, the guidance weight at each
-    step (constant, or annealed as (i+1)/(T-1)·w). With guidance, a second, unconditional pass
-    (mean class embedding, null AdaLN embedding, attention temperature `attn_temp`) runs batched
-    with the conditional one and `a`/`b` are pushed away from it as `guide_what` says (after the
-    soft clip of each pass: guidance extrapolates the model's outputs).
-    """
-    n, t, _ = z.shape
-    guided = guidance_weights is not None
-    x = self.permute(z.astype(jnp.float32))
-    pos = self.permute(self.pos_embed[...][None])
-    cond, adaln, temperature = self.sampling_conditioning(y, n, guided, attn_temp, y_cont)
-    layers = transformer.unstack_layers(self.layers)
-
-    def step(i, carry):
-      x, cache = carry
-      token = jax.lax.dynamic_slice_in_dim(x, i, 1, axis=1)
-      if guided:
-        token = jnp.concatenate([token, token])
-      h = self.embed(token, jax.lax.dynamic_slice_in_dim(pos, i, 1, axis=1), cond)
-      h, cache = transformer.step_layers(layers, h, cache, i, temperature, adaln)
-      a, b = self.split_params(self.proj_out(h.astype(self.dtype)))
-      if guided:
-        a, b = apply_guidance(a, b, guidance_weights[i], guide_what)
-      nxt = jax.lax.dynamic_slice_in_dim(x, i + 1, 1, axis=1) * jnp.exp(a) + b
-      return jax.lax.dynamic_update_slice_in_dim(x, nxt, i + 1, axis=1), cache
-
-    # The cache grows chunk by chunk: a step reads only the keys/values of the chunks filled so
-    # far, about half of what a full-length cache costs (the step is memory-bound on CPU).
-    cache = transformer.KVCache.zeros(self.num_layers, (2 if guided else 1) * n, 0,
-                                      pos.shape[-1], self.dtype)
-    for start, stop in sampling_chunks(t - 1):
-      cache = cache.grown(stop)
-      x, cache = jax.lax.fori_loop(start, stop, step, (x, cache))
-    return self.permute(x)
-
 
 def apply_guidance(a, b, weight, guide_what: str):
   """Splits [cond | uncond] (a, b) and pushes the conditional ones away from the unconditional:
@@ -209,26 +210,3 @@ def apply_guidance(a, b, weight, guide_what: str):
   if "b" in guide_what:
     b = b + weight * (b - b_u)
   return a, b
-
-
-# The sequential sampler's cache grows in up to SAMPLING_CHUNKS steps (each one more compiled token
-# loop) of at least MIN_SAMPLING_CHUNK tokens. On a 2-core CPU, 8 chunks made sampling at 256
-# tokens 1.3-1.4x faster than one full-length cache; 16 were no faster.
-SAMPLING_CHUNKS = 8
-MIN_SAMPLING_CHUNK = 32
-
-
-def sampling_chunks(num_steps: int) -> list[tuple[int, int]]:
-  """Splits the sampler's token steps 0..num_steps-1 into equal static [start, stop) chunks."""
-  count = max(1, min(SAMPLING_CHUNKS, num_steps // MIN_SAMPLING_CHUNK))
-  bounds = [round(num_steps * j / count) for j in range(count + 1)]
-  return list(zip(bounds[:-1], bounds[1:]))
-
-
-def guidance_weights(num_tokens: int, guidance: float, annealed: bool) -> np.ndarray:
-  """Per-step guidance weight, (T-1,) float32; annealed: (i+1)/(T-1)·guidance (in float64 first,
-  as the reference computes it in Python before the float32 multiply)."""
-  steps = np.arange(num_tokens - 1, dtype=np.float64)
-  weights = (steps + 1) / (num_tokens - 1) * guidance if annealed else np.full_like(steps,
-                                                                                   guidance)
-  return weights.astype(np.float32)

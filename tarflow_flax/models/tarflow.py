@@ -1,4 +1,5 @@
-"""TarFlow: patchify, a stack of flow blocks with alternating token order, exact inverse.
+"""TarFlow: patchify, a stack of flow blocks with alternating token order (density direction;
+the inverses are the samplers in `tarflow_flax.sampling`).
 
 Images are NHWC in [-1, 1]. Tokens are patches in raster order; inside a token the vector is laid
 out (ph, pw, c) (the natural NHWC space-to-depth; the reference's channel-major layout differs only
@@ -7,7 +8,6 @@ by a fixed permutation, which `tarflow_flax.convert` applies to imported weights
 
 from __future__ import annotations
 
-import functools
 import types
 
 import jax
@@ -143,44 +143,3 @@ class TarFlow(nnx.Module):
     """VP models: moves `var` 10% toward the batch mean of z² (in place, as the reference)."""
     z2 = jnp.mean(jax.lax.stop_gradient(z).astype(jnp.float32)**2, axis=0)
     self.var[...] = self.var[...] + PRIOR_LERP_WEIGHT * (z2 - self.var[...])
-
-  # -- sampling --------------------------------------------------------------------------------
-
-  def reverse(self, noise_tokens, y=None, *, guidance: float = 0.0, guide_what: str = "ab",
-              attn_temp: float = 1.0, annealed_guidance: bool = False,
-              return_sequence: bool = False, y_cont=None):
-    """Exact sequential inverse from latent tokens (scaled by √var first) to NHWC images.
-
-    return_sequence: also return [unpatchify(noise), after block K−1, …, after block 0].
-    y_cont: AdaLN conditions (N, cond_dim); guidance contrasts them with the null embedding.
-    """
-    self.check_tokens(noise_tokens)
-    self.check_labels(y, noise_tokens.shape[0])
-    self.check_cond(y_cont, noise_tokens.shape[0])
-    if guide_what not in ("", "a", "b", "ab"):
-      raise ValueError(f"guide_what must be one of '', 'a', 'b', 'ab'; got {guide_what!r}")
-    weights = None
-    if guidance > 0 and guide_what:
-      weights = flow_block.guidance_weights(self.num_tokens, guidance, annealed_guidance)
-    x, sequence = _reverse(self, jnp.asarray(noise_tokens, jnp.float32), y, weights,
-                           jnp.float32(attn_temp), y_cont, guide_what=guide_what)
-    return (x, sequence) if return_sequence else x
-
-  def reverse_tokens(self, x, y=None, *, guidance_weights=None, guide_what="ab", attn_temp=1.0,
-                     y_cont=None):
-    """Inverts every block (K−1 … 0) from tokens already scaled by √var; traceable."""
-    sequence = []
-    for block in reversed(self.blocks):
-      x = block.reverse(x, y, guidance_weights=guidance_weights, guide_what=guide_what,
-                        attn_temp=attn_temp, y_cont=y_cont)
-      sequence.append(x)
-    return x, sequence
-
-
-@functools.partial(nnx.jit, static_argnames=("guide_what",))
-def _reverse(model: TarFlow, noise, y, weights, attn_temp, y_cont, *, guide_what):
-  x = noise * jnp.sqrt(model.var[...])
-  x, sequence = model.reverse_tokens(x, y, guidance_weights=weights, guide_what=guide_what,
-                                     attn_temp=attn_temp, y_cont=y_cont)
-  images = [model.unpatchify(noise)] + [model.unpatchify(s) for s in sequence]
-  return model.unpatchify(x), jnp.stack(images)

@@ -25,7 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from tarflow_flax.models import flow_block, transformer
+from tarflow_flax.models import flow_block
+from tarflow_flax.sampling import guidance as guidance_lib
+from tarflow_flax.sampling import sequential
 
 DEFAULT_TOL = 1e-6
 
@@ -77,36 +79,27 @@ def invert_block(block: flow_block.FlowBlock, z, y, plan: BlockPlan, *, tol: flo
   if len(plan.boundaries) == t and plan.clamp is None:
     # One token per segment is the sequential inverse: run its single fori_loop rather than
     # T−1 separately compiled while loops.
-    x = block.reverse(z, y, guidance_weights=guidance_weights, guide_what=guide_what,
-                      attn_temp=attn_temp, y_cont=y_cont)
+    x = sequential.invert_block(block, z, y, guidance_weights=guidance_weights,
+                                guide_what=guide_what, attn_temp=attn_temp, y_cont=y_cont)
     return x, jnp.ones((t - 1,), jnp.int32)
   guided = guidance_weights is not None
+  sampling = block.sampling_pass(y, n, guided=guided, guide_what=guide_what,
+                                 attn_temp=attn_temp, y_cont=y_cont)
   z_perm = block.permute(z.astype(jnp.float32))
-  pos = block.permute(block.pos_embed[...][None])
-  cond, adaln, temperature = block.sampling_conditioning(y, n, guided, attn_temp, y_cont)
   if guided:  # Weight for the update of token i+1 is guidance_weights[i]; pad token 0.
     weights = jnp.concatenate([jnp.zeros((1,), jnp.float32), guidance_weights])
   x = z_perm if plan.init == "latent" else jnp.zeros_like(z_perm).at[:, 0].set(z_perm[:, 0])
   # The cache grows segment by segment (like the sequential sampler's chunks): a sweep over
   # tokens s0..s1−1 feeds positions s0−1..s1−2 and attends over those filled so far, not all T.
-  cache = transformer.KVCache.zeros(block.num_layers, (2 if guided else 1) * n, 0,
-                                    pos.shape[-1], block.dtype)
-  layers = transformer.unstack_layers(block.layers)
+  cache = block.empty_cache(sampling, n)
   counts = []
   for (s0, s1), budget in zip(zip(plan.boundaries, plan.boundaries[1:]), plan.budgets()):
     cache = cache.grown(s1 - 1)
     z_seg = z_perm[:, s0:s1]
-    pos_seg = pos[:, s0 - 1:s1 - 1]
+    weight = weights[s0:s1][None, :, None] if guided else None
 
-    def sweep(x, cache, s0=s0, s1=s1, z_seg=z_seg, pos_seg=pos_seg):
-      inputs = x[:, s0 - 1:s1 - 1]
-      if guided:
-        inputs = jnp.concatenate([inputs, inputs])
-      h = block.embed(inputs, pos_seg, cond)
-      h, cache = transformer.step_layers(layers, h, cache, s0 - 1, temperature, adaln)
-      a, b = block.split_params(block.proj_out(h.astype(block.dtype)))
-      if guided:
-        a, b = flow_block.apply_guidance(a, b, weights[s0:s1][None, :, None], guide_what)
+    def sweep(x, cache, s0=s0, s1=s1, z_seg=z_seg, weight=weight):
+      a, b, cache = block.cached_params(sampling, x[:, s0 - 1:s1 - 1], s0 - 1, cache, weight)
       new = z_seg * jnp.exp(a) + b
       if plan.clamp is not None:
         new = jnp.clip(new, -plan.clamp, plan.clamp)
@@ -151,9 +144,7 @@ def _parallel(model, noise, y, weights, attn_temp, tol, y_cont, *, plans, guide_
 def run_plans(model, noise_tokens, y, plans, *, guidance=0.0, guide_what="ab", attn_temp=1.0,
               annealed_guidance=False, tol=DEFAULT_TOL, y_cont=None):
   """Parallel inverse with explicit per-block plans → (images, iterations per block)."""
-  weights = None
-  if guidance > 0 and guide_what:
-    weights = flow_block.guidance_weights(model.num_tokens, guidance, annealed_guidance)
+  weights = guidance_lib.weights(model.num_tokens, guidance, guide_what, annealed_guidance)
   images, counts = _parallel(model, jnp.asarray(noise_tokens, jnp.float32), y, weights,
                              jnp.float32(attn_temp), jnp.float32(tol), y_cont, plans=tuple(plans),
                              guide_what=guide_what)

@@ -30,8 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from tarflow_flax.models import flow_block
-from tarflow_flax.sampling import jacobi
+from tarflow_flax.sampling import guidance as guidance_lib
+from tarflow_flax.sampling import jacobi, sequential
 
 DEFAULT_CANDIDATES = (1, 4, 16, -1)  # -1: one segment per token (sequential).
 
@@ -72,12 +72,11 @@ def calibrate(model, noise_tokens, y=None, *, tol: float, guidance: float = 0.0,
   y_cal = None if y is None else jnp.asarray(y)[:n]
   c_cal = None if y_cont is None else jnp.asarray(y_cont)[:n]
   t = model.num_tokens
-  weights = None
-  if guidance > 0 and guide_what:
-    weights = flow_block.guidance_weights(t, guidance, annealed_guidance)
+  weights = guidance_lib.weights(t, guidance, guide_what, annealed_guidance)
   kwargs = dict(guidance=guidance, guide_what=guide_what, attn_temp=attn_temp,
                 annealed_guidance=annealed_guidance)
-  exact, sequence = model.reverse(noise, y_cal, return_sequence=True, y_cont=c_cal, **kwargs)
+  exact, sequence = sequential.reverse(model, noise, y_cal, return_sequence=True, y_cont=c_cal,
+                                       **kwargs)
   # sequence[0] is the unscaled noise; block inputs in sampling order are √var·noise, then
   # the outputs of the previous blocks.
   inputs = [noise * jnp.sqrt(model.var[...])] + [model.patchify(s) for s in sequence[1:-1]]

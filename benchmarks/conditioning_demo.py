@@ -66,7 +66,7 @@ def ink_statistics(config, num_batches: int = 20) -> tuple[float, float]:
 def adaln_demo(workdir: str) -> dict:
   config = demo_config(**{"model.cond_dim": 1, "data.cond_key": "ink"})
   metrics = train.train_and_evaluate(config, workdir)
-  model, _ = checkpoint.load_model(f"{workdir}/checkpoints")
+  model = checkpoint.load_model(f"{workdir}/checkpoints").model
   mu, sd = ink_statistics(config)
   noise = jax.random.normal(jax.random.key(0), (64, model.num_tokens, model.token_dim))
   result = {"train_loss": metrics["train/loss"], "data_brightness_mean": mu,
@@ -103,7 +103,7 @@ def soft_clip_demo(workdir: str) -> dict:
     config = demo_config(**{"model.soft_clip": clip, "eval_every_steps": _STEPS.value})
     run = f"{workdir}/soft_clip_{clip:g}"
     metrics = train.train_and_evaluate(config, run)
-    model, _ = checkpoint.load_model(f"{run}/checkpoints", use_ema=False)
+    model = checkpoint.load_model(f"{run}/checkpoints", use_ema=False).model
     batch = next(data_lib.create_train_iterator(config, process_index=0, process_count=1))
     patches = model.patchify(jnp.asarray(batch["image"]))
     max_a = 0.0

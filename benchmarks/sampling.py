@@ -47,7 +47,7 @@ def random_model(config):
 def main(argv):
   del argv
   config = _CONFIG.value
-  model = (checkpoint.load_model(_CHECKPOINT.value, config)[0] if _CHECKPOINT.value
+  model = (checkpoint.load_model(_CHECKPOINT.value, config).model if _CHECKPOINT.value
            else random_model(config))
   noise = jax.random.normal(jax.random.key(1), (_BATCH.value, model.num_tokens, model.token_dim))
   y = (jnp.arange(_BATCH.value) % config.model.num_classes) if config.model.num_classes else None

@@ -1,16 +1,19 @@
-"""Orbax checkpoint layout shared by the trainer, the converter, sampling and evaluation.
+"""The Orbax checkpoint layout, and every way of reading it: train resume (`restore_train_state`),
+a model for sampling, evaluation and tests (`load_model`); fine-tuning reads the same items
+(finetune.py).
 
 A checkpoint directory is an Orbax `CheckpointManager` root; each step holds the items
   model  nnx.State of the TarFlow (parameters and the prior variance `var`)
   ema    the EMA copy of `model` (trainer, when config.ema_decay > 0)
+  opt    the optimizer state (trainer)
+  data   the input pipeline's iterator state (trainer)
   meta   JSON: the config (`config`), and where the weights came from
-and the trainer adds its own (optimizer, data iterator, RNG).
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import jax
 import ml_collections
@@ -21,9 +24,11 @@ from orbax.checkpoint._src.metadata import array_metadata_store
 from orbax.checkpoint._src.serialization import type_handler_registry
 from flax import nnx
 
-from tarflow_flax import config_lib, models, paths
+from tarflow_flax import config_lib, models, paths, sharding
 
-MODEL, EMA, META = "model", "ema", "meta"
+# The items of a checkpoint step: a training run saves them all (EMA when config.ema_decay > 0);
+# convert and save_model_checkpoint save MODEL and META.
+MODEL, EMA, OPT, DATA, META = "model", "ema", "opt", "data", "meta"
 
 # Orbax splits the saving of a replicated array across its replicas, with one slicing op per
 # replica and array (each new shape compiled on first use). For small arrays that costs more than
@@ -99,36 +104,37 @@ def config_from_meta(meta: dict[str, Any]) -> ml_collections.ConfigDict:
   return config
 
 
+class Restored(NamedTuple):
+  """A checkpoint's model, the config it was built from, the mesh it is sharded on and the meta
+  (with "step" and "weights": 'ema' or 'model' added)."""
+  model: models.TarFlow
+  config: ml_collections.ConfigDict
+  mesh: jax.sharding.Mesh
+  meta: dict[str, Any]
+
+
 def load_model(directory, config=None, *, step: int | None = None, use_ema: bool = True,
-               mesh=None) -> tuple[models.TarFlow, dict[str, Any]]:
+               mesh: jax.sharding.Mesh | Callable[[Any], jax.sharding.Mesh] | None = None
+               ) -> Restored:
   """Restores a TarFlow from a checkpoint directory (EMA weights when present and `use_ema`).
 
-  config: builds the model from it (default: the config stored in the checkpoint).
-  mesh: restore each parameter straight into its sharding on this mesh (default: one device).
-  Returns (model, meta) with meta["step"] and meta["weights"] ('ema' or 'model') added.
+  config: builds the model from it (default: the config stored in the checkpoint); validated.
+  mesh: restore each parameter straight into its sharding on this mesh, or on the mesh that a
+  function makes of the config (the jobs pass `runtime.make_mesh`); default: one device.
   """
   step, meta = read_meta(directory, step)
-  model, item = restore_weights(directory, step, config or config_from_meta(meta),
-                                use_ema=use_ema, mesh=mesh)
-  return model, {**meta, "step": step, "weights": item}
-
-
-def restore_weights(directory, step: int, config, *, use_ema: bool = True,
-                    mesh=None) -> tuple[models.TarFlow, str]:
-  """(the config's model with the weights of `step`, 'ema' or 'model': which weights); mesh as in
-  `load_model`."""
-  from tarflow_flax import sharding  # pylint: disable=g-import-not-at-top
-  abstract = nnx.eval_shape(lambda: models.build_model(config))
-  graphdef, abstract_state = nnx.split(abstract)
-  has_ema = (epath.Path(directory) / str(step) / EMA).exists()
-  item = EMA if use_ema and has_ema else MODEL
+  config = config or config_from_meta(meta)
+  config_lib.validate(config)
   if mesh is None:
     mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": 1, "fsdp": 1}),
                               jax.devices()[:1])
-  shardings = sharding.state_shardings(abstract_state, mesh)
+  elif callable(mesh):
+    mesh = mesh(config)
+  abstract = nnx.eval_shape(lambda: models.build_model(config))
+  graphdef, abstract_state = nnx.split(abstract)
+  item = EMA if use_ema and (epath.Path(directory) / str(step) / EMA).exists() else MODEL
+  target = sharding.abstract_on(abstract_state, sharding.state_shardings(abstract_state, mesh))
   with manager(directory, create=False) as mngr:
-    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          abstract_state, shardings)
     try:
       restored = mngr.restore(step, args=ocp.args.Composite(
           **{item: ocp.args.StandardRestore(target)}))
@@ -136,4 +142,45 @@ def restore_weights(directory, step: int, config, *, use_ema: bool = True,
       raise CheckpointError(
           f"checkpoint {directory} step {step}: cannot restore '{item}' for this config "
           f"({type(e).__name__}: {str(e).splitlines()[0][:300]})") from e
-  return nnx.merge(graphdef, restored[item]), item
+  return Restored(nnx.merge(graphdef, restored[item]), config, mesh,
+                  {**meta, "step": step, "weights": item})
+
+
+def train_state_args(state, data_state, config, *, save: bool) -> ocp.args.Composite:
+  """Composite save/restore args of a training step: a TrainState's model, optimizer state and
+  EMA, the input pipeline's state and the config (restore: `state` holds abstract arrays)."""
+  pytree = ocp.args.StandardSave if save else ocp.args.StandardRestore
+  json_arg = (lambda v: ocp.args.JsonSave(v)) if save else (lambda v: ocp.args.JsonRestore())
+  items = {MODEL: pytree(state.model), OPT: pytree(state.opt_state), DATA: json_arg(data_state),
+           META: json_arg({"config": config.to_json()})}
+  if state.ema is not None:
+    items[EMA] = pytree(state.ema)
+  return ocp.args.Composite(**items)
+
+
+def check_same_model(directory, step: int, config) -> None:
+  """Refuses to resume a checkpoint written for another model (one line naming the keys)."""
+  _, meta = read_meta(directory, step)
+  saved = config_from_meta(meta)
+  changed = sorted(k for k in set(saved.model) | set(config.model)
+                   if k not in config_lib.RUNTIME_ONLY_MODEL_KEYS
+                   and saved.model.get(k) != config.model.get(k))
+  if saved.image_size != config.image_size:
+    changed.insert(0, "image_size")
+  if changed:
+    raise config_lib.ConfigError(
+        f"the workdir's checkpoint (step {step}) is of another model: it differs in "
+        f"{', '.join(changed)}; use a new --workdir, or the config that trained it")
+
+
+def restore_train_state(mngr: ocp.CheckpointManager, step: int, target, config) -> dict:
+  """The items of training step `step` restored into `target` (an abstract TrainState on this
+  run's shardings) after checking that the checkpoint is of the config's model."""
+  check_same_model(mngr.directory, step, config)
+  try:
+    return mngr.restore(step, args=train_state_args(target, None, config, save=False))
+  except Exception as e:
+    raise CheckpointError(
+        f"cannot resume from {mngr.directory} step {step}: the step is unreadable "
+        f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); delete that step's folder to "
+        "resume from the one before it") from e

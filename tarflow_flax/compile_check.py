@@ -68,11 +68,6 @@ def hbm_gib(device) -> float | None:
   return None
 
 
-def _sharded(tree, shardings):
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree,
-                      shardings)
-
-
 def _for_platform(config, devices):
   """`model.attention='auto'` resolved for the target devices (the host may be a CPU)."""
   config = config.copy_and_resolve_references()
@@ -92,8 +87,8 @@ def lower_train_step(config, devices, batch: int):
                      f"grad_accum_steps {config.grad_accum_steps}")
   trainer, abstract_model = steps.make_trainer(config)
   shardings = steps.state_shardings(trainer, abstract_model, mesh)
-  state = _sharded(jax.eval_shape(trainer.init_state, abstract_model), shardings)
-  batch_args = _sharded(steps.batch_shapes(config, batch),
+  state = sharding.abstract_on(jax.eval_shape(trainer.init_state, abstract_model), shardings)
+  batch_args = sharding.abstract_on(steps.batch_shapes(config, batch),
                         jax.tree.map(lambda _: sharding.batch_sharding(mesh),
                                      steps.batch_shapes(config, batch)))
   jitted = steps.compile_train_step(trainer, shardings, mesh)
@@ -111,7 +106,7 @@ def lower_sampler_steps(config, devices, batch: int, segment: int):
   model = nnx.eval_shape(lambda: models.build_model(config))
   block = max(model.blocks, key=lambda b: b.num_layers)
   graphdef, abstract_block = nnx.split(block)
-  block_state = _sharded(abstract_block, sharding.state_shardings(abstract_block, mesh))
+  block_state = sharding.abstract_on(abstract_block, sharding.state_shardings(abstract_block, mesh))
   data = sharding.batch_sharding(mesh)
   per_layer = (jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(sharding.DATA_AXES)),
                ) * block.num_layers
@@ -119,7 +114,7 @@ def lower_sampler_steps(config, devices, batch: int, segment: int):
   t, c = model.num_tokens, config.model.channels
   # Full length: the sequential sampler grows its cache chunk by chunk; this is its largest step.
   cache = transformer.KVCache.zeros(block.num_layers, batch, t, c, jnp.dtype(config.model.dtype))
-  cache = _sharded(jax.eval_shape(lambda: cache), cache_sharding)
+  cache = sharding.abstract_on(jax.eval_shape(lambda: cache), cache_sharding)
   tokens = jax.ShapeDtypeStruct((batch, segment, model.token_dim), jnp.float32, sharding=data)
 
   def token_step(state, x, cache, position):

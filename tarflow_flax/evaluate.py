@@ -26,7 +26,7 @@ import jax
 from absl import flags, logging
 from flax import nnx
 
-from tarflow_flax import config_lib, eval_lib, job_flags, runtime
+from tarflow_flax import checkpoint, config_lib, eval_lib, job_flags, runtime
 from tarflow_flax import fid as fid_lib
 from tarflow_flax.fid import protocols as fid_protocols
 
@@ -59,7 +59,8 @@ def bpd(root, config=None, *, step: int | None = None, use_ema: bool = True,
         split: str | None = None, num_dequant: int = 1, num_batches: int = -1,
         seed: int = 0) -> dict:
   """Bits/dim of the checkpoint at `root` over a split (default: config.data.eval_split)."""
-  model, config, mesh, meta = runtime.restore_model(root, config, step=step, use_ema=use_ema)
+  model, config, mesh, meta = checkpoint.load_model(root, config, step=step, use_ema=use_ema,
+                                                    mesh=runtime.make_mesh)
   graphdef, state = nnx.split(model)
   with runtime.StopSignal() as stop:
     result = eval_lib.evaluate_bpd(
@@ -77,7 +78,8 @@ def classify(root, config=None, *, step: int | None = None, use_ema: bool = True
              num_batches: int = -1, seed: int = 0) -> dict:
   """Bayes-classifier accuracy (argmin over classes of the training loss) on the eval split;
   num_noise_draws defaults to config.classify_noise_draws."""
-  model, config, mesh, meta = runtime.restore_model(root, config, step=step, use_ema=use_ema)
+  model, config, mesh, meta = checkpoint.load_model(root, config, step=step, use_ema=use_ema,
+                                                    mesh=runtime.make_mesh)
   graphdef, state = nnx.split(model)
   if num_noise_draws is not None:
     config.classify_noise_draws = num_noise_draws

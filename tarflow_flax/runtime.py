@@ -9,7 +9,6 @@ its work.
   `--coordinator_address --num_processes --process_id`.
 - `path()`: every user path (local or gs://) as an `etils.epath.Path`.
 - `make_mesh()`: the config's mesh over all devices of all processes, or a one-line ConfigError.
-- `restore_model()`: the model of a checkpoint, restored straight into its shardings on the mesh.
 - `StopSignal`: a stop decision every process agrees on, at the same step.
 """
 
@@ -157,20 +156,6 @@ def make_mesh(config) -> jax.sharding.Mesh:
   except ValueError as e:
     raise config_lib.ConfigError(f"{e} (this job has {jax.device_count()} devices in "
                                  f"{jax.process_count()} processes; set --config.mesh.*)") from e
-
-
-def restore_model(root, config=None, *, step: int | None = None, use_ema: bool = True):
-  """(model, config, mesh, meta) of a checkpoint, its parameters sharded on the config's mesh.
-
-  config: builds the model (default: the config stored in the checkpoint).
-  """
-  from tarflow_flax import checkpoint  # pylint: disable=g-import-not-at-top
-  step, meta = checkpoint.read_meta(root, step)
-  config = config or checkpoint.config_from_meta(meta)
-  config_lib.validate(config)
-  mesh = make_mesh(config)
-  model, weights = checkpoint.restore_weights(root, step, config, use_ema=use_ema, mesh=mesh)
-  return model, config, mesh, {**meta, "step": step, "weights": weights}
 
 
 class StopSignal:

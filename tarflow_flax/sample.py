@@ -28,7 +28,7 @@ import numpy as np
 from absl import flags, logging
 from jax.experimental import multihost_utils
 
-from tarflow_flax import job_flags, runtime, visualize
+from tarflow_flax import checkpoint, job_flags, runtime, visualize
 from tarflow_flax.fid import protocols as fid_protocols
 from tarflow_flax.sampling import api as sampling_api
 from tarflow_flax.sampling import batches, strategy
@@ -140,8 +140,9 @@ def write_shard(outdir, index: int, images: np.ndarray, labels, grid_columns=Non
 def run_job(root, options: Options, config=None) -> int:
   """Writes the missing shards of the checkpoint at `root` into options.outdir; returns the
   number of shards of the job. config: the model's config (default: the checkpoint's)."""
-  model, config, mesh, meta = runtime.restore_model(root, config, step=options.step,
-                                                    use_ema=options.use_ema)
+  model, config, mesh, meta = checkpoint.load_model(root, config, step=options.step,
+                                                    use_ema=options.use_ema,
+                                                    mesh=runtime.make_mesh)
   guidance = sample_settings.from_config(
       config, method=options.method, guidance=options.guidance, attn_temp=options.attn_temp,
       annealed_guidance=options.annealed_guidance, denoise=options.denoise,

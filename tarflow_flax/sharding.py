@@ -100,6 +100,13 @@ def state_shardings(state, mesh):
   return jax.tree.map(leaf_sharding, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
+def abstract_on(tree, shardings):
+  """ShapeDtypeStructs of `tree`'s arrays carrying `shardings` (same structure): the target that
+  Orbax restores straight into, or the arguments a step is lowered with."""
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree,
+                      shardings)
+
+
 def batch_sharding(mesh) -> NamedSharding:
   """Leading (batch) axis split over data × fsdp."""
   return NamedSharding(mesh, P(DATA_AXES))

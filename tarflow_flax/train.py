@@ -13,7 +13,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 from flax import nnx
@@ -26,29 +25,11 @@ from tarflow_flax import finetune
 from tarflow_flax.sampling import batches as sample_batches
 from tarflow_flax.sampling import settings as sample_settings
 
-OPT, DATA = "opt", "data"
 FID_SEED = 1000  # In-training FID samples; the TensorBoard grid uses seed 0.
 
 
 class NonFiniteLossError(FloatingPointError):
   """Training produced a NaN/inf loss or gradient; the last good checkpoint is kept."""
-
-
-def _checkpoint_args(state: steps.TrainState, data_state, config, save: bool):
-  """Composite save/restore args for a TrainState (restore: `state` holds abstract arrays)."""
-  pytree = ocp.args.StandardSave if save else ocp.args.StandardRestore
-  json_arg = (lambda v: ocp.args.JsonSave(v)) if save else (lambda v: ocp.args.JsonRestore())
-  items = {checkpoint.MODEL: pytree(state.model), OPT: pytree(state.opt_state),
-           DATA: json_arg(data_state),
-           checkpoint.META: json_arg({"config": config.to_json()})}
-  if state.ema is not None:
-    items[checkpoint.EMA] = pytree(state.ema)
-  return ocp.args.Composite(**items)
-
-
-def _abstract_with_shardings(abstract_tree, shardings):
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                      abstract_tree, shardings)
 
 
 def _restore_or_init(mngr, trainer, abstract_model, shardings, mesh, train_iter, config):
@@ -57,21 +38,14 @@ def _restore_or_init(mngr, trainer, abstract_model, shardings, mesh, train_iter,
   if latest is None:
     logging.info("No checkpoint in the workdir: initialising from config.seed=%d", config.seed)
     return finetune.init_train_state(trainer, mesh, shardings)  # Seed init or config.init_from.
-  _check_same_model(mngr.directory, latest, config)
   abstract_state = jax.eval_shape(trainer.init_state, abstract_model)
-  target = _abstract_with_shardings(abstract_state, shardings)
-  try:
-    restored = mngr.restore(latest, args=_checkpoint_args(target, None, config, save=False))
-  except Exception as e:
-    raise checkpoint.CheckpointError(
-        f"cannot resume from {mngr.directory} step {latest}: the step is unreadable "
-        f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); delete that step's folder to "
-        "resume from the one before it") from e
-  train_iter.set_state(restored[DATA])
+  target = sharding.abstract_on(abstract_state, shardings)
+  restored = checkpoint.restore_train_state(mngr, latest, target, config)
+  train_iter.set_state(restored[checkpoint.DATA])
   logging.info("Resumed from %s step %d", mngr.directory, latest)
   return steps.TrainState(step=jax.device_put(jnp.int32(latest), sharding.replicated(mesh)),
-                          model=restored[checkpoint.MODEL], opt_state=restored[OPT],
-                          ema=restored.get(checkpoint.EMA))
+                          model=restored[checkpoint.MODEL],
+                          opt_state=restored[checkpoint.OPT], ema=restored.get(checkpoint.EMA))
 
 
 def generate_samples(graphdef, model_state, config, mesh, num_images: int, seed: int):
@@ -112,21 +86,6 @@ def _hparams(config) -> dict[str, Any]:
 
   walk("", config)
   return flat
-
-
-def _check_same_model(directory, step: int, config) -> None:
-  """Refuses to resume a checkpoint written for another model (one line naming the keys)."""
-  _, meta = checkpoint.read_meta(directory, step)
-  saved = checkpoint.config_from_meta(meta)
-  changed = sorted(k for k in set(saved.model) | set(config.model)
-                   if k not in config_lib.RUNTIME_ONLY_MODEL_KEYS
-                   and saved.model.get(k) != config.model.get(k))
-  if saved.image_size != config.image_size:
-    changed.insert(0, "image_size")
-  if changed:
-    raise config_lib.ConfigError(
-        f"the workdir's checkpoint (step {step}) is of another model: it differs in "
-        f"{', '.join(changed)}; use a new --workdir, or the config that trained it")
 
 
 def _check_finite(step: int, metrics: dict[str, float], last_saved, grad_clip_norm) -> None:
@@ -216,8 +175,8 @@ def train_and_evaluate(config, workdir) -> dict[str, float]:
   def save(step: int) -> None:
     nonlocal last_saved
     writer.flush()  # Metrics up to this step are durable with the checkpoint that covers them.
-    mngr.save(step, args=_checkpoint_args(state, batches.get_state(), config, save=True),
-              force=True)
+    mngr.save(step, force=True,
+              args=checkpoint.train_state_args(state, batches.get_state(), config, save=True))
     last_saved = step
 
   summed, interval_steps = None, 0

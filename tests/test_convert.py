@@ -67,7 +67,7 @@ def test_the_job_writes_a_checkpoint_the_project_loads(golden, tmp_path):
     config.model[key] = cfg[key]
   out = tmp_path / "ckpt"
   assert convert.write_checkpoint(str(pth), config, str(out)) == 0
-  model, meta = checkpoint.load_model(str(out))
+  model, _, _, meta = checkpoint.load_model(str(out))
   assert meta["source"] == str(pth) and meta["weights"] == "model"
   z, _, _ = model(jnp.asarray(np.transpose(d["x"], (0, 2, 3, 1))))
   perm = convert.token_permutation(cfg["in_channels"], cfg["patch_size"])

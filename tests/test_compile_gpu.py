@@ -5,6 +5,7 @@ Needs the test extra's CUDA plugin: without it every test here fails (never skip
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -33,6 +34,33 @@ def test_tiny_bf16_train_step_compiles_for_an_h100_with_cudnn_attention():
   assert result["attention"] == "cudnn" and result["cudnn_attention_calls"] == 4
   assert result["pallas_kernels"] == 0
   json.dumps(result)
+
+
+def _result_ranks(hlo_text: str, op: str) -> list[int]:
+  """Rank of each `op` result in compiled HLO text (an async start's output: its last shape)."""
+  ranks = []
+  for line in hlo_text.splitlines():
+    match = re.search(r"=\s*(\(.*?\)|\S+)\s+%s(-start)?\(" % op, line)
+    if match:
+      ranks.append(len(re.findall(r"\w+\[([\d,]*)\]", match.group(1))[-1].split(",")))
+  return ranks
+
+
+def test_fsdp_over_two_h100_hosts_gathers_kernels_instead_of_reducing_activations():
+  # Scanned layers and fsdp 4 (as imagenet64): XLA's GPU partitioner used to split the matmul
+  # inputs' features like the kernels and all-reduce every matmul output (30.7 GB per imagenet64
+  # step on 8 H100s), with all-to-alls into and out of that layout.
+  config = tiny_config(**{"model.dtype": "bfloat16", "model.channels": 128, "mesh.fsdp": 4,
+                          "model.layers_per_block": 2})
+  devices = compile_check.topology_devices("h100:2x1x8")
+  lowered, mesh, _ = compile_check.lower_train_step(config, devices, 16)
+  assert dict(mesh.shape) == {"data": 4, "fsdp": 4}
+  hlo = lowered.compile().as_text()
+  assert gpu_targets.cudnn_attention_calls(hlo) == 4  # Forward and backward of 2 scanned blocks.
+  counts = compile_check.collectives(hlo)
+  assert counts["all-gather"]["count"] > 0 and counts["all-to-all"]["count"] == 0
+  # Gradients are all-reduced as kernels (rank ≤ 2) or flat buffers, never as (N, T, C) activations.
+  assert max(_result_ranks(hlo, "all-reduce")) <= 2
 
 
 def test_sampler_steps_compile_for_h100s():

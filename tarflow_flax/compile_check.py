@@ -199,7 +199,8 @@ def _cost(compiled) -> dict:
 
 
 def report(compiled, *, topology: str, devices, mesh, batch: int, compile_s: float,
-           model_flops: float, loop_note: str | None) -> dict:
+           model_flops: float, loop_note: str | None, compiler_options: dict | None = None
+           ) -> dict:
   """The JSON-able summary of one compiled program; `loop_note`: why the cost model's time is
   withheld when the program loops over its layers (None: layers are unrolled)."""
   mem = compiled.memory_analysis()
@@ -224,6 +225,7 @@ def report(compiled, *, topology: str, devices, mesh, batch: int, compile_s: flo
       "collectives": collectives(hlo_text),
       "pallas_kernels": pallas_kernels(hlo_text),
       "cudnn_attention_calls": gpu_targets.cudnn_attention_calls(hlo_text),
+      "compiler_options": compiler_options or {},
   }
   if devices[0].platform == "gpu":
     result["memory_note"] = (f"usable share of device memory ({gpu_targets.MEMORY_FRACTION_ENV}, "
@@ -248,16 +250,29 @@ _SCANNED_NOTE = ("layers are scanned: the cost model counts a layer once; rerun 
                  "--config.model.scan_layers=False for step time and MFU")
 
 
+# Without a GPU, XLA cannot autotune its Triton GEMMs, and for some shapes (the imagenet64
+# GS-Jacobi sweep's (8·127, 768) × (768, 768) matmul) its untuned tiling finds no tile sizes:
+# those programs are compiled with cuBLAS GEMMs, one of the autotuner's choices on a GPU.
+_NO_TRITON_GEMM = {"xla_gpu_enable_triton_gemm": False}
+
+
 def _compile(lowered):
-  start = time.perf_counter()
+  """(compiled, seconds, the compiler options it needed)."""
+  start, options = time.perf_counter(), {}
   try:
-    compiled = lowered.compile()
+    try:
+      compiled = lowered.compile()
+    except jax.errors.JaxRuntimeError as e:
+      if "find output tile sizes" not in str(e):
+        raise
+      options = _NO_TRITON_GEMM
+      compiled = lowered.compile(compiler_options=options)
   except Exception as e:  # XLA reports HBM exhaustion at compile time on TPU.
     text = str(e)
     if "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower():
       raise DoesNotFit(text.splitlines()[0][:300]) from e
     raise
-  return compiled, time.perf_counter() - start
+  return compiled, time.perf_counter() - start, options
 
 
 def check_train(config, topology: str, batch: int | None = None) -> dict:
@@ -266,10 +281,11 @@ def check_train(config, topology: str, batch: int | None = None) -> dict:
   devices = topology_devices(topology)
   batch = batch or config.batch_size
   lowered, mesh, config = lower_train_step(config, devices, batch)
-  compiled, compile_s = _compile(lowered)
+  compiled, compile_s, options = _compile(lowered)
   result = report(compiled, topology=topology, devices=devices, mesh=mesh, batch=batch,
-                  compile_s=compile_s, model_flops=batch * flops.train_flops_per_image(
-                      config), loop_note=_SCANNED_NOTE if config.model.scan_layers else None)
+                  compile_s=compile_s, compiler_options=options,
+                  model_flops=batch * flops.train_flops_per_image(config),
+                  loop_note=_SCANNED_NOTE if config.model.scan_layers else None)
   result.update(what="train", attention=config.model.attention, remat=config.model.remat,
                 remat_policy=config.model.remat_policy, dtype=config.model.dtype,
                 grad_accum_steps=config.grad_accum_steps)
@@ -289,10 +305,10 @@ def check_sample(config, topology: str, batch: int | None = None) -> list[dict]:
   for name, segment in (("sequential_token_step", 1),
                         ("gs_jacobi_sweep", max(1, (tokens - 1) // GS_JACOBI_SEGMENTS))):
     lowered, mesh, resolved = lower_sampler_steps(config, devices, batch, segment)
-    compiled, compile_s = _compile(lowered)
+    compiled, compile_s, options = _compile(lowered)
     depth = max(config_lib.block_depths(resolved.model))
     result = report(compiled, topology=topology, devices=devices, mesh=mesh, batch=batch,
-                    compile_s=compile_s,
+                    compile_s=compile_s, compiler_options=options,
                     model_flops=batch * flops.block_step_flops(resolved, depth, segment),
                     loop_note="the KV-cached step loops over its layers: the cost model "
                     "counts one layer, so no step time or MFU")

@@ -63,17 +63,25 @@ def test_fsdp_over_two_h100_hosts_gathers_kernels_instead_of_reducing_activation
   assert max(_result_ranks(hlo, "all-reduce")) <= 2
 
 
-def test_sampler_steps_compile_for_h100s():
-  config = tiny_config(**{"image_size": 32, "model.dtype": "bfloat16"})  # 64 tokens: sweeps of 7.
-  for topology, devices in (("h100:1x1x1", 1), ("h100:2x1x8", 16)):
-    token, sweep = compile_check.check_sample(config, topology, batch=16)
-    assert (token["what"], token["tokens"], sweep["what"], sweep["tokens"]) == (
-        "sequential_token_step", 1, "gs_jacobi_sweep", 7)
-    assert token["devices"] == sweep["devices"] == devices
-    assert token["fits"] and sweep["fits"] and token["mesh"] == {"data": devices, "fsdp": 1}
-    assert sweep["model_tflops_per_step"] == pytest.approx(7 * token["model_tflops_per_step"])
-    # The KV-cached step attends with einsums over its cache, never cuDNN.
-    assert token["attention"] == "xla" and sweep["cudnn_attention_calls"] == 0
+@pytest.mark.parametrize("topology,devices,image_size,patch_size,sweep_tokens,options", [
+    ("h100:2x1x8", 16, 32, 4, 7, {}),  # 64 tokens: sweeps of 7.
+    # 1024 tokens: sweeps of 127. Untuned Triton GEMMs find no tiling for (8·127, C) × (C, C)
+    # without a GPU to autotune on: compiled with cuBLAS GEMMs instead, and the report says so.
+    ("h100:1x1x1", 1, 64, 2, 127, {"xla_gpu_enable_triton_gemm": False})])
+def test_sampler_steps_compile_for_h100s(topology, devices, image_size, patch_size, sweep_tokens,
+                                         options):
+  config = tiny_config(**{"image_size": image_size, "model.patch_size": patch_size,
+                          "model.dtype": "bfloat16"})
+  token, sweep = compile_check.check_sample(config, topology, batch=devices * 8)
+  assert (token["what"], token["tokens"], sweep["what"], sweep["tokens"]) == (
+      "sequential_token_step", 1, "gs_jacobi_sweep", sweep_tokens)
+  assert token["devices"] == sweep["devices"] == devices
+  assert token["fits"] and sweep["fits"] and token["mesh"] == {"data": devices, "fsdp": 1}
+  assert sweep["model_tflops_per_step"] == pytest.approx(
+      sweep_tokens * token["model_tflops_per_step"])
+  assert token["compiler_options"] == {} and sweep["compiler_options"] == options
+  # The KV-cached step attends with einsums over its cache, never cuDNN.
+  assert token["attention"] == "xla" and sweep["cudnn_attention_calls"] == 0
 
 
 def test_gpu_topology_names_are_checked():

@@ -1,4 +1,4 @@
-"""Ahead-of-time compilation of the train step (or the sampler) for a TPU slice or GPUs, on any host.
+"""Ahead-of-time compilation of the train step (or the sampler) for TPUs or GPUs, on any host.
 
   python -m tarflow_flax.compile_check --config=configs/imagenet64.py[:preset] --topology=v5p:2x2x2 \
       [--batch=N] [--what=train|sample] [--config.model.scan_layers=False] [--config.key=value ...]

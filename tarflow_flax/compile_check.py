@@ -286,7 +286,10 @@ def check_train(config, topology: str, batch: int | None = None) -> dict:
                   compile_s=compile_s, compiler_options=options,
                   model_flops=batch * flops.train_flops_per_image(config),
                   loop_note=_SCANNED_NOTE if config.model.scan_layers else None)
-  result.update(what="train", attention=config.model.attention, remat=config.model.remat,
+  attention_kernel = config.model.attention
+  if attention_kernel == "cudnn" and not result["cudnn_attention_calls"]:
+    attention_kernel = "xla"  # cuDNN takes bf16/fp16 on GPUs; elsewhere XLA's attention runs.
+  result.update(what="train", attention=attention_kernel, remat=config.model.remat,
                 remat_policy=config.model.remat_policy, dtype=config.model.dtype,
                 grad_accum_steps=config.grad_accum_steps)
   if not result["fits"]:

@@ -36,6 +36,12 @@ def test_tiny_bf16_train_step_compiles_for_an_h100_with_cudnn_attention():
   json.dumps(result)
 
 
+def test_cudnn_attention_is_reported_as_xla_where_cudnn_does_not_run():
+  # On the CPU (and for float32 on GPUs) model.attention='cudnn' runs XLA's attention.
+  result = compile_check.check_train(tiny_config(**{"model.attention": "cudnn"}), "local")
+  assert result["attention"] == "xla" and result["cudnn_attention_calls"] == 0
+
+
 def _result_ranks(hlo_text: str, op: str) -> list[int]:
   """Rank of each `op` result in compiled HLO text (an async start's output: its last shape)."""
   ranks = []

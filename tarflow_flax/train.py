@@ -24,6 +24,7 @@ from tarflow_flax import input_pipeline as data_lib
 from tarflow_flax import visualize
 from tarflow_flax import finetune
 from tarflow_flax.sampling import batches as sample_batches
+from tarflow_flax.sampling.trace import sample_trace
 
 OPT, DATA = "opt", "data"
 FID_SEED = 1000  # In-training FID samples; the TensorBoard grid uses seed 0.
@@ -92,6 +93,21 @@ def generate_samples(graphdef, model_state, config, mesh, num_images: int, seed:
     images, _, _ = sample_batches.generate(model, mesh, seed=seed, start=start, count=count,
                                            batch=batch, **sample_options(config))
     yield images
+
+
+def write_sample_images(writer, step: int, graphdef, model_state, config, mesh) -> None:
+  """The step's sample grid ('samples', seed 0) and, with config.sample_trace, the sampling trace
+  of its first images ('trace')."""
+  images = next(generate_samples(graphdef, model_state, config, mesh, config.sample.num_images,
+                                 seed=0))
+  images = visualize.finite_samples(images, f"step {step} samples")
+  logged = {"samples": visualize.make_grid(visualize.to_uint8(images))[None]}
+  if config.sample_trace:
+    trace = sample_trace(nnx.merge(graphdef, model_state), mesh, seed=0,
+                         count=config.sample_trace, **sample_options(config))
+    trace = visualize.finite_samples(trace, f"step {step} sampling trace")
+    logged["trace"] = visualize.trace_grid(visualize.to_uint8(trace))[None]
+  writer.write_images(step, logged)
 
 
 def in_training_fid(graphdef, model_state, config, mesh) -> float:
@@ -287,11 +303,7 @@ def train_and_evaluate(config, workdir) -> dict[str, float]:
           break
         if config.sample_every_steps and (step % config.sample_every_steps == 0 or is_last):
           sample_state = state.ema if state.ema is not None else state.model
-          images = next(generate_samples(trainer.graphdef, sample_state, config, mesh,
-                                         config.sample.num_images, seed=0))
-          images = visualize.finite_samples(images, f"step {step} samples")
-          writer.write_images(step, {"samples": visualize.make_grid(
-              visualize.to_uint8(images))[None]})
+          write_sample_images(writer, step, trainer.graphdef, sample_state, config, mesh)
         if config.eval_every_steps and (step % config.eval_every_steps == 0 or is_last):
           eval_state = state.ema if state.ema is not None else state.model
           result = eval_lib.evaluate_bpd(trainer.graphdef, eval_state, config, mesh,

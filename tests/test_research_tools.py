@@ -68,7 +68,7 @@ def test_tiny_run_leaves_profile_wandb_run_and_sample_pngs_and_resumes_the_wandb
   monkeypatch.setenv("WANDB_MODE", "offline")
   overrides = {"num_train_steps": 4, "log_every_steps": 2, "checkpoint_every_steps": 2,
                "sample_every_steps": 2, "sample.num_images": 4, "profile_steps": (2, 3),
-               "wandb_project": "tarflow-test"}
+               "sample_trace": 2, "wandb_project": "tarflow-test"}
   train.train_and_evaluate(tiny_config(**overrides), str(tmp_path))
 
   traces = glob.glob(str(tmp_path / "plugins" / "profile" / "*" / "*.xplane.pb"))
@@ -79,6 +79,19 @@ def test_tiny_run_leaves_profile_wandb_run_and_sample_pngs_and_resumes_the_wandb
   for step, grid in logged.items():
     png = np.asarray(Image.open(tmp_path / "samples" / f"step_{step}.png"))
     np.testing.assert_array_equal(png, grid)
+
+  # The trace: a row per sample; noise, one column per block (2), the denoised sample. Its last
+  # column is the grid's first images (same latents, the same sequential sampler).
+  trace = _tensorboard_images(tmp_path, "trace")[4]
+  np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "trace" / "step_4.png")), trace)
+  cell = 16 + 2  # Image size + grid padding.
+  assert trace.shape == (2 * cell + 2, 4 * cell + 2)
+  for row in range(2):
+    top = 2 + row * cell
+    last = trace[top:top + 16, 2 + 3 * cell:2 + 3 * cell + 16]
+    in_grid = logged[4][2:18, 2 + row * cell:2 + row * cell + 16]  # Grid of 4: 2 per row.
+    assert np.abs(last.astype(int) - in_grid).max() <= 1
+    assert np.abs(last.astype(int) - trace[top:top + 16, 2:18]).max() > 10  # Not the noise.
 
   run_id = (tmp_path / wandb_writer.RUN_ID_FILE).read_text()
   (first_id, summary, steps), = _offline_runs(tmp_path)

@@ -28,6 +28,7 @@ from ml_collections import config_flags
 from tarflow_flax import runtime, sampling, visualize
 from tarflow_flax.fid import protocols as fid_protocols
 from tarflow_flax.sampling import batches, strategy
+from tarflow_flax.sampling.trace import sample_trace
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config (default: the checkpoint's).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (reads workdir/checkpoints).")
@@ -50,6 +51,9 @@ _DENOISE_LR = flags.DEFINE_float("denoise_lr", None, "Denoising step as a multip
                                  "σ²·∇log p, 0: off (default: config.sample.denoise_lr).")
 _USE_EMA = flags.DEFINE_bool("use_ema", True, "Sample from the EMA weights when present.")
 _SEED = flags.DEFINE_integer("seed", 0, "Noise seed.")
+_TRACE = flags.DEFINE_bool("trace", False, "Also write OUT/trace.png: for the first (up to 8) "
+                           "samples, the image after each block, from the noise to the sample "
+                           "(and the denoised one), exact sequential inverse, one row each.")
 _FID_PROTOCOL = flags.DEFINE_enum("fid_protocol", fid_protocols.DEFAULT_PROTOCOL,
                                   list(fid_protocols.PROTOCOLS),
                                   "How the float samples become the stored uint8 (FID input).")
@@ -193,10 +197,17 @@ def run(config, root) -> int:
         print(f"\r{progress_bar(done, total)}  shard {index + 1}/{num_shards}  "
               f"{done / (time.time() - start_time):.2f} img/s", end="", flush=True)
   multihost_utils.sync_global_devices("shards written")
+  if _TRACE.value:  # Every process computes it (the model is sharded); process 0 writes it.
+    trace = sample_trace(model, mesh, seed=_SEED.value, count=min(_NUM.value, 8),
+                         classes=classes, cond=cond, denoise_std=denoise_std,
+                         denoise_lr=denoise_lr, **guidance)
+    if jax.process_index() == 0:
+      visualize.save_png(outdir / "trace.png", visualize.trace_grid(visualize.to_uint8(
+          visualize.finite_samples(trace, "sampling trace"))))
   if jax.process_index() == 0:
     print(f"\nwrote {_NUM.value} samples in {num_shards} shards to {outdir} "
-          f"(sampling.json, grid.png); {redrawn_total(outdir)} non-finite samples were "
-          "drawn again", flush=True)
+          f"(sampling.json, grid.png{', trace.png' if _TRACE.value else ''}); "
+          f"{redrawn_total(outdir)} non-finite samples were drawn again", flush=True)
   return num_shards
 
 

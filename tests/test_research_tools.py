@@ -1,16 +1,19 @@
-"""The researcher's outputs of a training run: a profile, W&B (offline), sample grids as PNGs."""
+"""The researcher's outputs: a training run's profile, W&B run (offline), sample grids and
+sampling trace as PNGs; the sample job's trace.png."""
 
 import glob
 import io
 import json
 import os
 import struct
+import subprocess
+import sys
 
 import numpy as np
 from PIL import Image
 
-from conftest import tiny_config
-from tarflow_flax import train, wandb_writer
+from conftest import REPO, job_env, tiny_config, tiny_model
+from tarflow_flax import checkpoint, train, wandb_writer
 
 
 def _tensorboard_images(logdir, tag):
@@ -102,3 +105,26 @@ def test_tiny_run_leaves_profile_wandb_run_and_sample_pngs_and_resumes_the_wandb
   train.train_and_evaluate(tiny_config(**{**overrides, "num_train_steps": 6}), str(tmp_path))
   runs = _offline_runs(tmp_path)
   assert [run[0] for run in runs] == [run_id, run_id] and runs[1][2] == [6]
+
+
+def test_sample_job_trace_has_noise_a_column_per_block_and_the_results(tmp_path):
+  config = tiny_config(**{"model.num_classes": 3})  # Denoises (Gaussian noise): 4 columns.
+  model = tiny_model(in_channels=1, img_size=16, patch_size=4, num_blocks=2, layers_per_block=1,
+                     num_classes=3)
+  checkpoint.save_model_checkpoint(str(tmp_path / "ckpt"), model, config)
+  outdir = tmp_path / "out"
+  job = subprocess.run(
+      [sys.executable, "-m", "tarflow_flax.sample", f"--checkpoint={tmp_path / 'ckpt'}",
+       f"--outdir={outdir}", "--num_samples=3", "--shard_size=3", "--classes=2,0,1", "--trace"],
+      cwd=REPO, env=job_env(1), capture_output=True, text=True, timeout=300)
+  assert job.returncode == 0, job.stdout[-2000:] + job.stderr[-2000:]
+  assert "trace.png" in job.stdout
+
+  trace = np.asarray(Image.open(outdir / "trace.png"))
+  grid = np.asarray(Image.open(outdir / "grid.png"))  # The 3 samples side by side.
+  cell = 16 + 2
+  assert trace.shape == (3 * cell + 2, 4 * cell + 2)
+  for row in range(3):  # The last column is the denoised sample, as stored.
+    last = trace[2 + row * cell:2 + row * cell + 16, 2 + 3 * cell:2 + 3 * cell + 16]
+    stored = grid[2:18, 2 + row * cell:2 + row * cell + 16]
+    assert np.abs(last.astype(int) - stored).max() <= 1

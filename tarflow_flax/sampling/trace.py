@@ -16,17 +16,17 @@ from tarflow_flax.sampling.denoise import denoise
 
 def sample_trace(model, mesh, *, seed: int, count: int, guidance: float = 0.0,
                  guide_what: str = "ab", attn_temp: float = 1.0, annealed_guidance: bool = False,
-                 denoise_std: float | None = None, denoise_lr: float = 1.0,
+                 denoise_std: float | None = None, denoise_lr: float = 1.0, classes=None,
                  cond=None) -> np.ndarray:
   """Samples 0..count−1 with every step → (count, steps, H, W, C) floats in about [-1, 1].
 
   Steps: the noise, the image after each block in sampling order (the last one is the sample),
-  then the denoised sample when `denoise_std` and `denoise_lr` are set. cond: AdaLN condition
-  vectors, cycled (batches.conditions).
+  then the denoised sample when `denoise_std` and `denoise_lr` are set. classes and cond: the
+  class list and AdaLN condition vectors to cycle, as in batches.generate.
   """
   put = lambda v: None if v is None else jax.device_put(v, sharding.replicated(mesh))
   noise = put(batches.latents(seed, 0, count, model.num_tokens, model.token_dim))
-  y = put(batches.class_labels(model.num_classes, 0, count))
+  y = put(batches.class_labels(model.num_classes, 0, count, classes))
   y_cont = put(batches.conditions(cond, 0, count))
   final, sequence = model.reverse(noise, y, guidance=guidance, guide_what=guide_what,
                                   attn_temp=attn_temp, annealed_guidance=annealed_guidance,

@@ -6,14 +6,12 @@ import io
 import json
 import os
 import struct
-import subprocess
-import sys
 
 import numpy as np
 from PIL import Image
 
-from conftest import REPO, job_env, tiny_config, tiny_model
-from tarflow_flax import checkpoint, train, wandb_writer
+from conftest import tiny_config, tiny_model
+from tarflow_flax import checkpoint, sample, train, wandb_writer
 
 
 def _tensorboard_images(logdir, tag):
@@ -113,12 +111,8 @@ def test_sample_job_trace_has_noise_a_column_per_block_and_the_results(tmp_path)
                      num_classes=3)
   checkpoint.save_model_checkpoint(str(tmp_path / "ckpt"), model, config)
   outdir = tmp_path / "out"
-  job = subprocess.run(
-      [sys.executable, "-m", "tarflow_flax.sample", f"--checkpoint={tmp_path / 'ckpt'}",
-       f"--outdir={outdir}", "--num_samples=3", "--shard_size=3", "--classes=2,0,1", "--trace"],
-      cwd=REPO, env=job_env(1), capture_output=True, text=True, timeout=300)
-  assert job.returncode == 0, job.stdout[-2000:] + job.stderr[-2000:]
-  assert "trace.png" in job.stdout
+  sample.run_job(tmp_path / "ckpt", sample.Options(outdir=str(outdir), num_samples=3,
+                                                   shard_size=3, classes=(2, 0, 1), trace=True))
 
   trace = np.asarray(Image.open(outdir / "trace.png"))
   grid = np.asarray(Image.open(outdir / "grid.png"))  # The 3 samples side by side.

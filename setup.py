@@ -27,6 +27,7 @@ INSTALL_REQUIRES = [
     # the same pixels), and otherwise warns on every job.
     "opencv-python-headless==4.14.0.94",
     "gcsfs==2026.10.1",  # etils.epath's gs:// backend where TensorFlow's is not used.
+    "matplotlib==3.11.2",  # The sweep's plot (imported only when one is drawn).
 ]
 
 TPU_REQUIRES = ["jax[tpu]==0.10.2"]

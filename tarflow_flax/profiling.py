@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+from absl import logging
 from clu import periodic_actions, profiler
 
 
@@ -17,7 +18,8 @@ class StepRangeProfile(periodic_actions.Profile):
     # Starts after step start-1 is done; stops once end-start+1 more steps are done.
     super().__init__(logdir=logdir, first_profile=start - 1, num_profile_steps=end - start + 1,
                      profile_duration_ms=None, every_secs=None)
-    self.end = end
+    self.start, self.end = start, end
+    self._logdir = logdir
 
   def __call__(self, step: int, t: float | None = None, *, pending=None) -> bool:
     """`pending`: arrays of the step just dispatched; waited for at the last traced step, so
@@ -25,6 +27,14 @@ class StepRangeProfile(periodic_actions.Profile):
     if step == self.end and pending is not None:
       jax.block_until_ready(pending)
     return super().__call__(step, t)
+
+  def _end_session(self, url) -> None:
+    """Says where the trace went (CLU's own version logs an empty 'artifact' line)."""
+    del url
+    self._session_running = False
+    self._session_started = None
+    logging.info("Profile of steps %d-%d written to %s/plugins/profile (TensorBoard's profile "
+                 "tab)", self.start, self.end, self._logdir)
 
   def close(self) -> None:
     """Ends a trace still running (a run stopped inside the range), keeping what it holds."""

@@ -1,7 +1,7 @@
 """Guidance sweep: FID of every combination of sampler settings, then a table and a plot.
 
-  python -m tarflow_flax.sweep --workdir=DIR --guidance=0,1,2 [--attn_temp=0.9,1] \
-      [--denoise_lr=0.5,1] --num_samples=10000 --ref_stats=S --inception_pth=I --outdir=O
+  python -m tarflow_flax.sweep --workdir=DIR --guidance=0,1,2 --num_samples=10000
+      --ref_stats=S --inception_pth=I --outdir=O [--attn_temp=0.9,1] [--denoise_lr=0.5,1]
 
 Each point is sampled as the sample job samples (sample.run_job: sharded over every device and
 host, class-balanced, resumable) into O/<point>/, then its FID against S is kept in
@@ -9,9 +9,10 @@ O/<point>/fid.json. A point with that file is reused; a point whose shards are p
 resumes from them: a killed sweep, run again, finishes where it stopped. At the end O/sweep.json
 holds [{guidance, attn_temp, denoise_lr, fid, num_samples, method}] and O/sweep.png draws FID
 against guidance, one line per other setting, the best point marked. Exit status 75: stopped by a
-signal (rerun to finish).
+signal while sampling (after the current shard; rerun to finish).
 
-As a library: `run_sweep(root, Options(...), config=None)`.
+With several hosts OUT must be shared by all (gs://), as for the sample job. As a library:
+`run_sweep(root, Options(...), config=None)`.
 """
 
 from __future__ import annotations
@@ -83,35 +84,31 @@ def run_sweep(root, options: Options, config=None) -> list[dict]:
   outdir = runtime.path(options.outdir)
   grid = list(itertools.product(options.guidance, options.attn_temp, options.denoise_lr))
   rows = []
-  with runtime.StopSignal() as stop:
-    for position, (guidance, attn_temp, denoise_lr) in enumerate(grid):
-      if stop.should_stop(position):
-        raise runtime.Interrupted(f"stopped with {len(grid) - position} of {len(grid)} points "
-                                  f"left in {outdir}; rerun the same command to finish")
-      folder = outdir / point_name(guidance, attn_temp, denoise_lr)
-      result_path = folder / "fid.json"
-      stored = _reusable(result_path, options)
-      done = np.array(stored is not None)
-      if jax.process_count() > 1:  # Process 0 decides, so that every host runs the same jobs.
-        done = multihost_utils.broadcast_one_to_all(done)
-      if done:
-        result = stored if stored is not None else json.loads(result_path.read_text())
-        logging.info("point %d/%d %s: FID %.3f (reused)", position + 1, len(grid), folder.name,
-                     result["fid"])
-      else:
-        sample.run_job(root, sample.Options(
-            outdir=str(folder), num_samples=options.num_samples, shard_size=options.shard_size,
-            method=METHOD, guidance=guidance, attn_temp=attn_temp, denoise_lr=denoise_lr,
-            step=options.step, use_ema=options.use_ema, seed=options.seed,
-            fid_protocol=options.fid_protocol), config)
-        result = evaluate.fid(str(folder), options.ref_stats, inception_pth=options.inception_pth,
-                              protocol=options.fid_protocol,
-                              batch_size=min(64, options.num_samples))
-        if jax.process_index() == 0:
-          result_path.write_text(json.dumps(result, indent=2))
+  for position, (guidance, attn_temp, denoise_lr) in enumerate(grid):
+    folder = outdir / point_name(guidance, attn_temp, denoise_lr)
+    result_path = folder / "fid.json"
+    stored = _reusable(result_path, options)
+    done = np.array(stored is not None)
+    if jax.process_count() > 1:  # Process 0 decides, so that every host runs the same jobs.
+      done = multihost_utils.broadcast_one_to_all(done)
+    if done:
+      result = stored if stored is not None else json.loads(result_path.read_text())
+      logging.info("point %d/%d %s: FID %.3f (reused)", position + 1, len(grid), folder.name,
+                   result["fid"])
+    else:
+      sample.run_job(root, sample.Options(
+          outdir=str(folder), num_samples=options.num_samples, shard_size=options.shard_size,
+          method=METHOD, guidance=guidance, attn_temp=attn_temp, denoise_lr=denoise_lr,
+          step=options.step, use_ema=options.use_ema, seed=options.seed,
+          fid_protocol=options.fid_protocol), config)
+      result = evaluate.fid(str(folder), options.ref_stats, inception_pth=options.inception_pth,
+                            protocol=options.fid_protocol,
+                            batch_size=min(64, options.num_samples))
+      if jax.process_index() == 0:
+        result_path.write_text(json.dumps(result, indent=2))
         print(f"point {position + 1}/{len(grid)} {folder.name}: FID {result['fid']:.3f}",
               flush=True)
-      rows.append(_row(result))
+    rows.append(_row(result))
   if jax.process_index() == 0:
     (outdir / "sweep.json").write_text(json.dumps(rows, indent=2))
     from tarflow_flax import sweep_plot  # pylint: disable=g-import-not-at-top

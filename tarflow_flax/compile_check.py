@@ -24,22 +24,12 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import flags
 from flax import nnx
-from ml_collections import config_flags
 
-from tarflow_flax import cli, config_lib, flops, gpu_targets, models, sharding, steps
+from tarflow_flax import config_lib, flops, gpu_targets, job_flags, models, runtime, sharding
+from tarflow_flax import steps
 from tarflow_flax.models import attention, transformer
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:preset]).")
-_TOPOLOGY = flags.DEFINE_string("topology", "local",
-                                "TPU topology (v5p:2x2x2, v5e:4x4, v6e:8x8, ...), GPUs "
-                                "(h100:1x1x8: slices x hosts x GPUs per host) or 'local'.")
-_BATCH = flags.DEFINE_integer("batch", None, "Global batch (default: config.batch_size; for "
-                              "--what=sample: config.sample.num_images).")
-_WHAT = flags.DEFINE_enum("what", "train", ["train", "sample"],
-                          "train: the training step; sample: the sequential sampler's per-token "
-                          "step and one GS-Jacobi sweep.")
 
 # HBM per chip (GiB) by device kind prefix (longest prefix wins).
 HBM_GIB = {"TPU v4": 32.0, "TPU v5 lite": 16.0, "TPU v5": 95.0, "TPU v6 lite": 32.0}
@@ -338,26 +328,47 @@ def format_table(result: dict) -> str:
   return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
-def main(argv):
-  del argv
-  if _TOPOLOGY.value != "local":
-    # An executable compiled for absent devices cannot be read back from JAX's persistent cache
-    # (there is no client to load it into): a cached entry would only warn and recompile.
-    jax.config.update("jax_enable_compilation_cache", False)
-  try:
-    if _WHAT.value == "train":
-      results = [check_train(_CONFIG.value, _TOPOLOGY.value, _BATCH.value)]
-    else:
-      results = check_sample(_CONFIG.value, _TOPOLOGY.value, _BATCH.value)
-  except DoesNotFit as e:
-    sys.exit(f"error: does not fit on {_TOPOLOGY.value}: {e}")
-  except (config_lib.ConfigError, ValueError) as e:
-    sys.exit(f"error: {e}")
-  for result in results:
-    print(format_table(result))
-    print(json.dumps(result))
+def check(config, topology: str, what: str = "train", batch: int | None = None) -> list[dict]:
+  """The reports of `what` ('train': the train step; 'sample': the sampler's steps) compiled for
+  `topology`; raises DoesNotFit when a step cannot fit."""
+  if what == "train":
+    return [check_train(config, topology, batch)]
+  if what == "sample":
+    return check_sample(config, topology, batch)
+  raise ValueError(f"what must be 'train' or 'sample', got {what!r}")
+
+
+def _define_flags():
+  """The CLI's flags → the job: prints a table and one JSON line per compiled step."""
+  config = job_flags.define_config("Config file (configs/*.py[:preset]).")
+  flags.adopt_module_key_flags(job_flags)  # --help lists the shared flags too.
+  topology = flags.DEFINE_string("topology", "local",
+                                 "TPU topology (v5p:2x2x2, v5e:4x4, v6e:8x8, ...), GPUs "
+                                 "(h100:1x1x8: slices x hosts x GPUs per host) or 'local'.")
+  batch = flags.DEFINE_integer("batch", None, "Global batch (default: config.batch_size; for "
+                               "--what=sample: config.sample.num_images).")
+  what = flags.DEFINE_enum("what", "train", ["train", "sample"],
+                           "train: the training step; sample: the sequential sampler's "
+                           "per-token step and one GS-Jacobi sweep.")
+  flags.mark_flags_as_required(["config"])
+  # Compiling is one process's work: never wait for (or start) a slice's other workers.
+  flags.FLAGS.set_default("distributed", False)
+
+  def job():
+    if topology.value != "local":
+      # An executable compiled for absent devices cannot be read back from JAX's persistent
+      # cache (there is no client to load it into): a cached entry would only warn and recompile.
+      jax.config.update("jax_enable_compilation_cache", False)
+    try:
+      results = check(config.value, topology.value, what.value, batch.value)
+    except DoesNotFit as e:
+      raise runtime.UserError(f"does not fit on {topology.value}: {e}") from e
+    for result in results:
+      print(format_table(result))
+      print(json.dumps(result))
+
+  return job
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["config"])
-  app.run(main, flags_parser=cli.parse_flags)
+  runtime.run(_define_flags())

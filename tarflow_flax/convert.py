@@ -14,11 +14,13 @@ from __future__ import annotations
 import re
 from typing import Callable
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 from flax import nnx
 
-from tarflow_flax import config_lib
+from tarflow_flax import checkpoint, config_lib, job_flags, runtime, sharding
 from tarflow_flax.models import TarFlow
 from tarflow_flax.torch_io import UnsafePickleError, load_torch_state_dict
 
@@ -154,35 +156,39 @@ def model_from_pth(path: str, config) -> TarFlow:
   return model_from_torch_state_dict(load_torch_state_dict(path), **kwargs)
 
 
-def main() -> None:
-  import jax  # pylint: disable=g-import-not-at-top
-  from tarflow_flax import checkpoint, runtime, sharding  # pylint: disable=g-import-not-at-top
-  config = _FLAGS.config
-  if config is None:
-    raise runtime.UserError("--config is required (the model the .pth holds)")
+def write_checkpoint(pth: str, config, out: str) -> int:
+  """Converts the `.pth` at `pth` (the config's model) into a new Orbax checkpoint at `out`
+  (local or gs://, absent or empty); returns its step."""
   config_lib.validate(config)
-  out = runtime.path(_FLAGS.out)
-  if out.exists() and any(out.iterdir()):
-    raise runtime.UserError(f"--out {out} is not empty; write the checkpoint to a new folder")
-  model = model_from_pth(runtime.path(_FLAGS.pth), config)
+  out_path = runtime.path(out)
+  if out_path.exists() and any(out_path.iterdir()):
+    raise runtime.UserError(f"--out {out_path} is not empty; write the checkpoint to a new folder")
+  model = model_from_pth(runtime.path(pth), config)
   # Every process holds the same weights; as global arrays, all of them take part in the save.
   graphdef, state = nnx.split(model)
   mesh = runtime.make_mesh(config)
   model = nnx.merge(graphdef, jax.device_put(state, sharding.state_shardings(state, mesh)))
-  step = checkpoint.save_model_checkpoint(out, model, config, extra_meta={"source": _FLAGS.pth})
-  if jax.process_index() == 0:
-    print(f"done: wrote {out} (step {step}) from {_FLAGS.pth}", flush=True)
+  return checkpoint.save_model_checkpoint(out_path, model, config, extra_meta={"source": pth})
+
+
+def _define_flags():
+  """The CLI's flags → the job."""
+  pth = flags.DEFINE_string("pth", None, "PyTorch state_dict (.pth, zip format; local or gs://).",
+                            required=True)
+  out = flags.DEFINE_string("out", None, "Output Orbax checkpoint directory (new; local or "
+                            "gs://).", required=True)
+  config = job_flags.define_config("Model config (configs/*.py).")
+  flags.adopt_module_key_flags(job_flags)  # --help lists the shared flags too.
+
+  def job():
+    if config.value is None:
+      raise runtime.UserError("--config is required (the model the .pth holds)")
+    step = write_checkpoint(pth.value, config.value, out.value)
+    if jax.process_index() == 0:
+      print(f"done: wrote {runtime.path(out.value)} (step {step}) from {pth.value}", flush=True)
+
+  return job
 
 
 if __name__ == "__main__":
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  from tarflow_flax import runtime as _runtime  # pylint: disable=g-import-not-at-top
-
-  flags.DEFINE_string("pth", None, "PyTorch state_dict (.pth, zip format; local or gs://).",
-                      required=True)
-  flags.DEFINE_string("out", None, "Output Orbax checkpoint directory (new; local or gs://).",
-                      required=True)
-  config_flags.DEFINE_config_file("config", None, "Model config (configs/*.py).")
-  _FLAGS = flags.FLAGS
-  _runtime.run(main)
+  runtime.run(_define_flags())

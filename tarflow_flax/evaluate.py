@@ -12,6 +12,9 @@ Bits/dim protocol (the paper's, docs/numerics.md §10): uniform dequantization
 x = ((x_int + u)/256)·2 − 1, u ~ U[0, 1), forward with y = None, D = C·H·W, standard-normal prior,
 log 128 per dimension for the bin width 2/256; K draws of u per image; every image of the split
 exactly once (padded last batch, masked). The trainer's validation calls the same function.
+
+As a library: `bpd(root, ...)`, `classify(root, ...)`, `fid(samples, ...)`, `fid_stats(config,
+...)`, each returning the result dict the CLI prints.
 """
 
 from __future__ import annotations
@@ -22,38 +25,12 @@ import time
 import jax
 from absl import flags, logging
 from flax import nnx
-from ml_collections import config_flags
 
-from tarflow_flax import config_lib, eval_lib, runtime
+from tarflow_flax import config_lib, eval_lib, job_flags, runtime
+from tarflow_flax import fid as fid_lib
+from tarflow_flax.fid import protocols as fid_protocols
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config (default: the checkpoint's).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (reads workdir/checkpoints).")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A checkpoint root (e.g. from convert).")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
-_METRIC = flags.DEFINE_enum("metric", "bpd", ["bpd", "classify", "fid", "fid_stats"],
-                            "bpd: bits/dim of a checkpoint; classify: Bayes-classifier accuracy "
-                            "of a conditional checkpoint; fid: FID of --samples against "
-                            "--ref_stats; fid_stats: write reference statistics of the config's "
-                            "data split to --out (.pth: the reference's format, else .npz).")
-_SAMPLES = flags.DEFINE_string("samples", None, "Sampling job outdir (shard_*.npz), for fid.")
-_REF_STATS = flags.DEFINE_string("ref_stats", None,
-                                 "Reference statistics, for fid: the reference's *_fid_stats.pth, "
-                                 "a pytorch-fid/ADM .npz (mu, sigma) or this project's .npz.")
-_INCEPTION = flags.DEFINE_string("inception_pth", None,
-                                 "FID Inception weights: a .pth (e.g. pt_inception-2015-12-05), an "
-                                 ".npz of the same keys, or a reference *_fid_stats.pth.")
-_FID_PROTOCOL = flags.DEFINE_enum("fid_protocol", "reference", ["reference", "pytorch_fid"],
-                                  "reference: ml-tarflow's torchmetrics/torch-fidelity FID "
-                                  "(comparable with the paper); pytorch_fid: pytorch-fid's.")
-_SPLIT = flags.DEFINE_string("split", None, "TFDS split (default: config.data.eval_split).")
-_NUM_DEQUANT = flags.DEFINE_integer("num_dequant", 1, "Dequantization draws per image (bpd).")
-_NUM_NOISE_DRAWS = flags.DEFINE_integer(
-    "num_noise_draws", None, "Noise draws per image, class losses averaged (classify; default: "
-    "config.classify_noise_draws).", lower_bound=1)
-_NUM_BATCHES = flags.DEFINE_integer("num_batches", -1, "Limit batches (-1: the whole split).")
-_USE_EMA = flags.DEFINE_bool("use_ema", True, "Evaluate the EMA weights when present.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the dequantization or classification noise.")
-_OUT = flags.DEFINE_string("out", None, "Also write the result as JSON here.")
+METRICS = ("bpd", "classify", "fid", "fid_stats")
 
 
 def _progress(stop, metric: str, batch_size: int, draws: int = 1):
@@ -78,61 +55,67 @@ def _progress(stop, metric: str, batch_size: int, draws: int = 1):
   return progress
 
 
-def run_bpd(config, root) -> dict:
-  model, config, mesh, meta = runtime.restore_model(root, config, step=_STEP.value,
-                                                    use_ema=_USE_EMA.value)
+def bpd(root, config=None, *, step: int | None = None, use_ema: bool = True,
+        split: str | None = None, num_dequant: int = 1, num_batches: int = -1,
+        seed: int = 0) -> dict:
+  """Bits/dim of the checkpoint at `root` over a split (default: config.data.eval_split)."""
+  model, config, mesh, meta = runtime.restore_model(root, config, step=step, use_ema=use_ema)
   graphdef, state = nnx.split(model)
   with runtime.StopSignal() as stop:
     result = eval_lib.evaluate_bpd(
-        graphdef, state, config, mesh, split=_SPLIT.value, num_batches=_NUM_BATCHES.value,
-        num_dequant=_NUM_DEQUANT.value, seed=_SEED.value,
-        progress=_progress(stop, "bpd", config.batch_size, _NUM_DEQUANT.value))
+        graphdef, state, config, mesh, split=split, num_batches=num_batches,
+        num_dequant=num_dequant, seed=seed,
+        progress=_progress(stop, "bpd", config.batch_size, num_dequant))
   return {**result, "metric": "bpd", "step": meta["step"], "weights": meta["weights"],
-          "dataset": config.data.name, "split": _SPLIT.value or config.data.eval_split,
+          "dataset": config.data.name, "split": split or config.data.eval_split,
           "protocol": "uniform dequantization ((x_int+u)/256)*2-1, y=None, D=C*H*W, "
                       "log(128) per dim"}
 
 
-def run_classify(config, root) -> dict:
-  """Bayes-classifier accuracy (argmin over classes of the training loss) on the eval split."""
-  model, config, mesh, meta = runtime.restore_model(root, config, step=_STEP.value,
-                                                    use_ema=_USE_EMA.value)
+def classify(root, config=None, *, step: int | None = None, use_ema: bool = True,
+             split: str | None = None, num_noise_draws: int | None = None,
+             num_batches: int = -1, seed: int = 0) -> dict:
+  """Bayes-classifier accuracy (argmin over classes of the training loss) on the eval split;
+  num_noise_draws defaults to config.classify_noise_draws."""
+  model, config, mesh, meta = runtime.restore_model(root, config, step=step, use_ema=use_ema)
   graphdef, state = nnx.split(model)
-  if _NUM_NOISE_DRAWS.value is not None:
-    config.classify_noise_draws = _NUM_NOISE_DRAWS.value
+  if num_noise_draws is not None:
+    config.classify_noise_draws = num_noise_draws
   with runtime.StopSignal() as stop:
     result = eval_lib.evaluate_accuracy(
-        graphdef, state, config, mesh, split=_SPLIT.value, num_batches=_NUM_BATCHES.value,
-        seed=_SEED.value, progress=_progress(stop, "classify", config.batch_size))
+        graphdef, state, config, mesh, split=split, num_batches=num_batches,
+        seed=seed, progress=_progress(stop, "classify", config.batch_size))
   return {**result, "metric": "classify", "step": meta["step"], "weights": meta["weights"],
-          "dataset": config.data.name, "split": _SPLIT.value or config.data.eval_split}
+          "dataset": config.data.name, "split": split or config.data.eval_split}
 
 
-def _extractor(batch_size: int = 64):
-  from tarflow_flax import fid  # pylint: disable=g-import-not-at-top
-  if not _INCEPTION.value:
+def _extractor(inception_pth: str | None, protocol: str, batch_size: int = 64):
+  if not inception_pth:
     raise ValueError("--inception_pth is required for FID (the FID Inception weights as a "
                      "PyTorch .pth or a reference *_fid_stats.pth; nothing is downloaded)")
-  weights = fid.read_state_dict(_INCEPTION.value)
-  model = fid.load_torch_weights(fid.InceptionV3(), weights)
-  return fid, fid.FeatureExtractor(model, batch_size, protocol=_FID_PROTOCOL.value), weights
+  weights = fid_lib.read_state_dict(inception_pth)
+  model = fid_lib.load_torch_weights(fid_lib.InceptionV3(), weights)
+  return fid_lib.FeatureExtractor(model, batch_size, protocol=protocol), weights
 
 
-def run_fid() -> dict:
-  """FID of a samples directory against reference statistics; prints the protocol."""
-  if not (_SAMPLES.value and _REF_STATS.value):
+def fid(samples: str | None, ref_stats: str | None, *, inception_pth: str | None,
+        protocol: str = fid_protocols.DEFAULT_PROTOCOL, batch_size: int = 64) -> dict:
+  """FID of a sampling job's outdir against reference statistics; the result names the protocol
+  and the sampler settings of the samples. batch_size: images per Inception call (a shorter
+  batch is padded to it)."""
+  if not (samples and ref_stats):
     raise ValueError("--metric=fid needs --samples=DIR and --ref_stats=FILE")
-  fid, extractor, _ = _extractor()
-  reference = fid.load_statistics(_REF_STATS.value)
-  settings = fid.sampling_settings(_SAMPLES.value)
+  extractor, _ = _extractor(inception_pth, protocol, batch_size)
+  reference = fid_lib.load_statistics(ref_stats)
+  settings = fid_lib.sampling_settings(samples)
   if settings.get("fid_protocol", extractor.protocol) != extractor.protocol:
-    raise ValueError(f"{_SAMPLES.value} stores uint8 samples made under the "
+    raise ValueError(f"{samples} stores uint8 samples made under the "
                      f"{settings['fid_protocol']!r} FID protocol; pass "
                      f"--fid_protocol={settings['fid_protocol']}")
-  value, mine = fid.fid_against(extractor, fid.sample_shards(_SAMPLES.value), reference)
+  value, mine = fid_lib.fid_against(extractor, fid_lib.sample_shards(samples), reference)
   return {"metric": "fid", "fid": value, "fid_protocol": extractor.protocol,
           "num_samples": mine.num_images,
-          "reference": {"path": _REF_STATS.value, "num_images": reference.num_images,
+          "reference": {"path": ref_stats, "num_images": reference.num_images,
                         "source": reference.source, "fid_protocol": reference.protocol},
           "sampling": {**{k: settings.get(k) for k in ("method", "guidance", "guide_what",
                                                        "attn_temp", "annealed_guidance",
@@ -142,50 +125,96 @@ def run_fid() -> dict:
                        "redrawn": sum(settings.get("redrawn", {}).values())}}
 
 
-def run_fid_stats(config) -> dict:
-  """Reference statistics of the config's data split (every image once) → --out."""
+def fid_stats(config, out: str | None, *, inception_pth: str | None,
+              protocol: str = fid_protocols.DEFAULT_PROTOCOL, split: str | None = None,
+              num_batches: int = -1) -> dict:
+  """Reference statistics of the config's data split (default: the train split; every image
+  once) → `out` (.pth: the reference's format, else .npz)."""
   from tarflow_flax import input_pipeline  # pylint: disable=g-import-not-at-top
-  if config is None or not _OUT.value:
+  if config is None or not out:
     raise ValueError("--metric=fid_stats needs --config and --out=FILE (.pth or .npz)")
-  fid, extractor, weights = _extractor()
-  split = _SPLIT.value or config.data.train_split
+  extractor, weights = _extractor(inception_pth, protocol)
+  split = split or config.data.train_split
 
   def images():
     for index, batch in enumerate(input_pipeline.create_eval_iterator(
         config, split=split, process_index=0, process_count=1)):
-      if 0 <= _NUM_BATCHES.value <= index:
+      if 0 <= num_batches <= index:
         return
-      yield fid.dataset_uint8(batch["image_uint8"][batch["mask"]], extractor.protocol)
+      yield fid_lib.dataset_uint8(batch["image_uint8"][batch["mask"]], extractor.protocol)
 
   stats = extractor.statistics(images(), source=f"{config.data.name}:{split}:"
                                                 f"{config.image_size}px")
   if jax.process_index() == 0:  # Every process computed the same statistics.
-    fid.save_statistics(_OUT.value, stats, inception_state=weights)
+    fid_lib.save_statistics(out, stats, inception_state=weights)
   return {"metric": "fid_stats", "num_images": stats.num_images, "source": stats.source,
-          "fid_protocol": stats.protocol, "out": _OUT.value}
+          "fid_protocol": stats.protocol, "out": out}
 
 
-def main() -> None:
-  config = _CONFIG.value
-  if config is not None:
-    config_lib.validate(config)
-  if _METRIC.value == "fid":
-    result = run_fid()
-  elif _METRIC.value == "fid_stats":
-    result = run_fid_stats(config)
-  elif _METRIC.value == "classify":
-    result = run_classify(config, runtime.checkpoint_root(_WORKDIR.value, _CHECKPOINT.value))
-  else:
-    result = run_bpd(config, runtime.checkpoint_root(_WORKDIR.value, _CHECKPOINT.value))
-  if jax.process_index() == 0:
-    print(json.dumps(result, indent=2))
-    if _OUT.value and _METRIC.value != "fid_stats":
-      runtime.path(_OUT.value).write_text(json.dumps(result, indent=2))
-    headline = {k: result[k] for k in ("bpd", "bpd_stderr", "accuracy", "noise_draws", "fid",
-                                       "num_images", "out") if k in result}
-    print(f"done: {_METRIC.value} {json.dumps(headline)}"
-          + (f", written to {_OUT.value}" if _OUT.value else ""), flush=True)
+def report(metric: str, result: dict, out: str | None) -> None:
+  """Process 0 prints the result as JSON, writes it to `out` (fid_stats wrote its own file) and
+  ends with one `done:` line holding the headline numbers."""
+  if jax.process_index() != 0:
+    return
+  print(json.dumps(result, indent=2))
+  if out and metric != "fid_stats":
+    runtime.path(out).write_text(json.dumps(result, indent=2))
+  headline = {k: result[k] for k in ("bpd", "bpd_stderr", "accuracy", "noise_draws", "fid",
+                                     "num_images", "out") if k in result}
+  print(f"done: {metric} {json.dumps(headline)}" + (f", written to {out}" if out else ""),
+        flush=True)
+
+
+def _define_flags():
+  """The CLI's flags → the job: runs the metric they name and reports it."""
+  config = job_flags.define_config()
+  checkpoint = job_flags.define_checkpoint()
+  seed = job_flags.define_seed("Seed of the dequantization or classification noise.")
+  protocol = job_flags.define_fid_protocol()
+  flags.adopt_module_key_flags(job_flags)  # --help lists the shared flags too.
+  metric = flags.DEFINE_enum("metric", "bpd", list(METRICS),
+                             "bpd: bits/dim of a checkpoint; classify: Bayes-classifier accuracy "
+                             "of a conditional checkpoint; fid: FID of --samples against "
+                             "--ref_stats; fid_stats: write reference statistics of the config's "
+                             "data split to --out (.pth: the reference's format, else .npz).")
+  samples = flags.DEFINE_string("samples", None, "Sampling job outdir (shard_*.npz), for fid.")
+  ref_stats = flags.DEFINE_string(
+      "ref_stats", None, "Reference statistics, for fid: the reference's *_fid_stats.pth, a "
+      "pytorch-fid/ADM .npz (mu, sigma) or this project's .npz.")
+  inception = flags.DEFINE_string(
+      "inception_pth", None, "FID Inception weights: a .pth (e.g. pt_inception-2015-12-05), an "
+      ".npz of the same keys, or a reference *_fid_stats.pth.")
+  split = flags.DEFINE_string("split", None, "TFDS split (default: config.data.eval_split).")
+  num_dequant = flags.DEFINE_integer("num_dequant", 1,
+                                     "Dequantization draws per image (bpd).")
+  num_noise_draws = flags.DEFINE_integer(
+      "num_noise_draws", None, "Noise draws per image, class losses averaged (classify; "
+      "default: config.classify_noise_draws).", lower_bound=1)
+  num_batches = flags.DEFINE_integer("num_batches", -1, "Limit batches (-1: the whole split).")
+  out = flags.DEFINE_string("out", None, "Also write the result as JSON here.")
+
+  def job():
+    if config.value is not None:
+      config_lib.validate(config.value)
+    if metric.value == "fid":
+      result = fid(samples.value, ref_stats.value, inception_pth=inception.value,
+                   protocol=protocol.value)
+    elif metric.value == "fid_stats":
+      result = fid_stats(config.value, out.value, inception_pth=inception.value,
+                         protocol=protocol.value, split=split.value,
+                         num_batches=num_batches.value)
+    else:
+      common = dict(step=checkpoint.step.value, use_ema=checkpoint.use_ema.value,
+                    split=split.value, num_batches=num_batches.value, seed=seed.value)
+      if metric.value == "classify":
+        result = classify(checkpoint.root(), config.value,
+                          num_noise_draws=num_noise_draws.value, **common)
+      else:
+        result = bpd(checkpoint.root(), config.value, num_dequant=num_dequant.value, **common)
+    report(metric.value, result, out.value)
+
+  return job
 
 
 if __name__ == "__main__":
-  runtime.run(main)
+  runtime.run(_define_flags())

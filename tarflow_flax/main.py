@@ -8,15 +8,14 @@ command resumes from the latest checkpoint. Exit status: 0 finished, 1 an error 
 
 import jax
 from absl import flags
-from ml_collections import config_flags
 
-from tarflow_flax import runtime, train
+from tarflow_flax import job_flags, runtime, train
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:preset]).",
-                                          lock_config=True)
+_CONFIG = job_flags.define_config("Config file (configs/*.py[:preset]).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard events, config (local "
                                "or gs://).")
 flags.mark_flags_as_required(["config", "workdir"])
+flags.adopt_module_key_flags(job_flags)  # --help lists --config too.
 
 
 def main() -> None:

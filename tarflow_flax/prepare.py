@@ -18,25 +18,24 @@ by SIGTERM / SIGINT: the same command continues.
 from __future__ import annotations
 
 from absl import flags
-from ml_collections import config_flags
 
-from tarflow_flax import prepare_lib, runtime
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:preset]); "
-                                          "its config.data says what to prepare and where.",
-                                          lock_config=True)
-_STAGING_DIR = flags.DEFINE_string(
-    "staging_dir", None, "Local folder in which a dataset for a gs:// data_dir is built before the "
-    "upload (default: $TFDS_DATA_DIR or ~/tensorflow_datasets). Keep it until `done:`: a rerun "
-    "uploads from it instead of building again.")
-flags.mark_flags_as_required(["config"])
-# Preparing is one process's work: never wait for (or start) a slice's other workers.
-flags.FLAGS.set_default("distributed", False)
+from tarflow_flax import job_flags, prepare_lib, runtime
 
 
-def main() -> None:
-  prepare_lib.prepare_dataset(_CONFIG.value.data, _STAGING_DIR.value)
+def _define_flags():
+  """The CLI's flags → the job (the library function is prepare_lib.prepare_dataset)."""
+  config = job_flags.define_config("Config file (configs/*.py[:preset]); its config.data says "
+                                   "what to prepare and where.", lock_config=True)
+  flags.adopt_module_key_flags(job_flags)  # --help lists the shared flags too.
+  staging_dir = flags.DEFINE_string(
+      "staging_dir", None, "Local folder in which a dataset for a gs:// data_dir is built before "
+      "the upload (default: $TFDS_DATA_DIR or ~/tensorflow_datasets). Keep it until `done:`: a "
+      "rerun uploads from it instead of building again.")
+  flags.mark_flags_as_required(["config"])
+  # Preparing is one process's work: never wait for (or start) a slice's other workers.
+  flags.FLAGS.set_default("distributed", False)
+  return lambda: prepare_lib.prepare_dataset(config.value.data, staging_dir.value)
 
 
 if __name__ == "__main__":
-  runtime.run(main)
+  runtime.run(_define_flags())

@@ -12,47 +12,55 @@ atomically. `OUT/sampling.json` pins config, checkpoint step and sampler setting
 --method=auto, the plan calibrated once on the job's first latents, reused on resume); a
 different run is refused rather than mixed in. Exit status 75: stopped by a signal, rerun to
 finish.
+
+As a library: `run_job(root, Options(outdir=...), config=None)` (what the CLI calls).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
+from typing import Sequence
 
 import jax
 import numpy as np
 from absl import flags, logging
 from jax.experimental import multihost_utils
-from ml_collections import config_flags
 
-from tarflow_flax import runtime, sampling, visualize
+from tarflow_flax import job_flags, runtime, visualize
 from tarflow_flax.fid import protocols as fid_protocols
+from tarflow_flax.sampling import api as sampling_api
 from tarflow_flax.sampling import batches, strategy
+from tarflow_flax.sampling.trace import sample_trace
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config (default: the checkpoint's).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (reads workdir/checkpoints).")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A checkpoint root (e.g. from convert).")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
-_NUM = flags.DEFINE_integer("num_samples", 64, "Total number of samples.")
-_OUTDIR = flags.DEFINE_string("outdir", None, "Where shards go.", required=True)
-_SHARD = flags.DEFINE_integer("shard_size", 64, "Samples per shard (one global batch).")
-_METHOD = flags.DEFINE_enum("method", "sequential", list(sampling.METHODS), "Sampler.")
-_TOL = flags.DEFINE_float("tol", sampling.api.DEFAULT_TOL, "Parallel samplers' tolerance.")
-_CLASSES = flags.DEFINE_list("classes", None, "Class labels to cycle (default: all, balanced).")
-_COND = flags.DEFINE_list(
-    "cond", None, "AdaLN models (model.cond_dim > 0): continuous condition values, cond_dim per "
-    "vector, vectors cycled over the samples like --classes (default: unconditional).")
-_GUIDANCE = flags.DEFINE_float("guidance", None, "Default: config.sample.guidance.")
-_ATTN_TEMP = flags.DEFINE_float("attn_temp", None, "Default: config.sample.attn_temp.")
-_ANNEALED = flags.DEFINE_bool("annealed_guidance", None, "Default: config.sample.*.")
-_DENOISE = flags.DEFINE_bool("denoise", None, "Score-based denoising (default: config).")
-_DENOISE_LR = flags.DEFINE_float("denoise_lr", None, "Denoising step as a multiple of "
-                                 "σ²·∇log p, 0: off (default: config.sample.denoise_lr).")
-_USE_EMA = flags.DEFINE_bool("use_ema", True, "Sample from the EMA weights when present.")
-_SEED = flags.DEFINE_integer("seed", 0, "Noise seed.")
-_FID_PROTOCOL = flags.DEFINE_enum("fid_protocol", fid_protocols.DEFAULT_PROTOCOL,
-                                  list(fid_protocols.PROTOCOLS),
-                                  "How the float samples become the stored uint8 (FID input).")
+TRACE_SAMPLES = 8  # Rows of trace.png (fewer when the job draws fewer samples).
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """What a sampling job writes. The sampler settings left None come from config.sample."""
+  outdir: str
+  num_samples: int = 64
+  shard_size: int = 64  # Samples per shard (one global batch).
+  method: str = "sequential"
+  tol: float = sampling_api.DEFAULT_TOL
+  classes: Sequence[int] | None = None  # Class labels to cycle (default: all, balanced).
+  cond: Sequence[str | float] | None = None  # AdaLN condition values, cond_dim per vector.
+  guidance: float | None = None
+  attn_temp: float | None = None
+  annealed_guidance: bool | None = None
+  denoise: bool | None = None
+  denoise_lr: float | None = None
+  step: int | None = None  # Checkpoint step (default: latest).
+  use_ema: bool = True
+  seed: int = 0
+  fid_protocol: str = fid_protocols.DEFAULT_PROTOCOL
+  trace: bool = False  # Also write trace.png (sampling/trace.py) of the first samples.
+
+  def __post_init__(self):
+    if self.num_samples < 1 or self.shard_size < 1:
+      raise runtime.UserError("--num_samples and --shard_size must be >= 1")
 
 
 def shard_path(outdir, index: int):
@@ -88,14 +96,15 @@ def check_outdir(outdir, settings: dict) -> dict:
   return settings
 
 
-def calibrated_plan(model, outdir, record: dict, batch: int, guidance: dict) -> dict:
+def calibrated_plan(model, outdir, record: dict, batch: int, guidance: dict, *, seed: int,
+                    tol: float) -> dict:
   """--method=auto: per-block plans and tolerance calibrated once per job on its first latents
   and kept in sampling.json, so a resumed job samples exactly as the first run did."""
   if _PLAN_KEY not in record:
-    noise = batches.latents(_SEED.value, 0, batch, model.num_tokens, model.token_dim)
+    noise = batches.latents(seed, 0, batch, model.num_tokens, model.token_dim)
     labels = batches.class_labels(model.num_classes, 0, batch, record["classes"])
     cond = None if record["cond"] is None else np.asarray(record["cond"], np.float32)
-    _, report = strategy.calibrate(model, noise, labels, tol=_TOL.value,
+    _, report = strategy.calibrate(model, noise, labels, tol=tol,
                                    y_cont=batches.conditions(cond, 0, batch), **guidance)
     record = {**record, _PLAN_KEY: report}
     multihost_utils.sync_global_devices("auto plan calibrated")
@@ -131,37 +140,49 @@ def write_shard(outdir, index: int, images: np.ndarray, labels, grid_columns=Non
     visualize.save_png(outdir / "grid.png", visualize.make_grid(images[:100], ncol=grid_columns))
 
 
-def run(config, root) -> int:
-  """Writes the missing shards; returns the number of shards of the job."""
-  model, config, mesh, meta = runtime.restore_model(root, config, step=_STEP.value,
-                                                    use_ema=_USE_EMA.value)
+def sampler_settings(config, options: Options) -> tuple[dict, float | None, float]:
+  """(guidance settings, denoise_std, denoise_lr) of `options`, config.sample.* where unset;
+  denoise_std is None when the job does not denoise."""
   s = config.sample
-  guidance = dict(guidance=s.guidance if _GUIDANCE.value is None else _GUIDANCE.value,
-                  guide_what=s.guide_what,
-                  attn_temp=s.attn_temp if _ATTN_TEMP.value is None else _ATTN_TEMP.value,
-                  annealed_guidance=(s.annealed_guidance if _ANNEALED.value is None
-                                     else _ANNEALED.value))
-  denoise = s.denoise if _DENOISE.value is None else _DENOISE.value
+
+  def given(value, default):
+    return default if value is None else value
+
+  guidance = dict(guidance=given(options.guidance, s.guidance), guide_what=s.guide_what,
+                  attn_temp=given(options.attn_temp, s.attn_temp),
+                  annealed_guidance=given(options.annealed_guidance, s.annealed_guidance))
+  denoise = given(options.denoise, s.denoise)
   denoise_std = config.data.noise_std if denoise and config.data.noise_type == "gaussian" else None
-  denoise_lr = s.denoise_lr if _DENOISE_LR.value is None else _DENOISE_LR.value
+  denoise_lr = given(options.denoise_lr, s.denoise_lr)
   if denoise_lr < 0:
     raise runtime.UserError(f"--denoise_lr={denoise_lr}: must be >= 0 (0: no denoising)")
-  classes = [int(c) for c in _CLASSES.value] if _CLASSES.value else None
-  outdir = runtime.path(_OUTDIR.value)
-  cond = batches.parse_cond(_COND.value, config.model.cond_dim)
+  return guidance, denoise_std, denoise_lr
+
+
+def run_job(root, options: Options, config=None) -> int:
+  """Writes the missing shards of the checkpoint at `root` into options.outdir; returns the
+  number of shards of the job. config: the model's config (default: the checkpoint's)."""
+  model, config, mesh, meta = runtime.restore_model(root, config, step=options.step,
+                                                    use_ema=options.use_ema)
+  guidance, denoise_std, denoise_lr = sampler_settings(config, options)
+  classes = [int(c) for c in options.classes] if options.classes else None
+  outdir = runtime.path(options.outdir)
+  cond = batches.parse_cond(options.cond, config.model.cond_dim)
+  shard_size, num_samples, seed = options.shard_size, options.num_samples, options.seed
   settings = {"config": json.loads(config.to_json()), "step": meta["step"],
-              "weights": meta["weights"], "method": _METHOD.value, "tol": _TOL.value,
-              "seed": _SEED.value, "shard_size": _SHARD.value, "classes": classes,
+              "weights": meta["weights"], "method": options.method, "tol": options.tol,
+              "seed": seed, "shard_size": shard_size, "classes": classes,
               "cond": None if cond is None else cond.tolist(),
               "denoise_std": denoise_std, "denoise_lr": denoise_lr if denoise_std else None,
-              "fid_protocol": _FID_PROTOCOL.value, **guidance}
+              "fid_protocol": options.fid_protocol, **guidance}
   record = check_outdir(outdir, settings)
 
-  num_shards = -(-_NUM.value // _SHARD.value)
-  batch = batches.padded_size(_SHARD.value, mesh)  # Every shard, the last too: one compile.
-  options = {"method": _METHOD.value, "tol": _TOL.value}
-  if _METHOD.value == "auto":
-    options = calibrated_plan(model, outdir, record, batch, guidance)
+  num_shards = -(-num_samples // shard_size)
+  batch = batches.padded_size(shard_size, mesh)  # Every shard, the last too: one compile.
+  method_options = {"method": options.method, "tol": options.tol}
+  if options.method == "auto":
+    method_options = calibrated_plan(model, outdir, record, batch, guidance, seed=seed,
+                                     tol=options.tol)
   # Process 0 decides which shards are missing, so that all hosts run the same batches.
   missing = np.array([not shard_path(outdir, i).exists() for i in range(num_shards)])
   if jax.process_count() > 1:
@@ -169,42 +190,75 @@ def run(config, root) -> int:
   todo = [i for i in range(num_shards) if missing[i]]
   logging.info("%d of %d shards to write (global batch %d over %d devices, %d processes)",
                len(todo), num_shards, batch, jax.device_count(), jax.process_count())
-  total = sum(min(_SHARD.value, _NUM.value - i * _SHARD.value) for i in todo)
+  total = sum(min(shard_size, num_samples - i * shard_size) for i in todo)
   start_time, done = time.time(), 0
   with runtime.StopSignal() as stop:
     for position, index in enumerate(todo):
       if stop.should_stop(position):
         raise runtime.Interrupted(f"stopped with {len(todo) - position} shards left in "
                                   f"{outdir}; rerun the same command to finish")
-      start = index * _SHARD.value
-      count = min(_SHARD.value, _NUM.value - start)
+      start = index * shard_size
+      count = min(shard_size, num_samples - start)
       images, labels, info = batches.generate(
-          model, mesh, seed=_SEED.value, start=start, count=count, batch=batch, classes=classes,
-          cond=cond, denoise_std=denoise_std, denoise_lr=denoise_lr, **options, **guidance)
+          model, mesh, seed=seed, start=start, count=count, batch=batch, classes=classes,
+          cond=cond, denoise_std=denoise_std, denoise_lr=denoise_lr, **method_options,
+          **guidance)
       if position == 0:
         logging.info("process %d computed %d of the %d rows of each batch", jax.process_index(),
                      info["local_rows"], batch)
       if jax.process_index() == 0:
         record_redrawn(outdir, index, info["redrawn"])
-        write_shard(outdir, index, fid_protocols.to_uint8(images, _FID_PROTOCOL.value), labels,
+        write_shard(outdir, index, fid_protocols.to_uint8(images, options.fid_protocol), labels,
                     grid_columns=config.model.num_classes or None)
       done += count
       if jax.process_index() == 0:
         print(f"\r{progress_bar(done, total)}  shard {index + 1}/{num_shards}  "
               f"{done / (time.time() - start_time):.2f} img/s", end="", flush=True)
   multihost_utils.sync_global_devices("shards written")
+  if options.trace:  # Every process computes it (the model is sharded); process 0 writes it.
+    trace = sample_trace(model, mesh, seed=seed, count=min(num_samples, TRACE_SAMPLES),
+                         classes=classes, cond=cond, denoise_std=denoise_std,
+                         denoise_lr=denoise_lr, **guidance)
+    if jax.process_index() == 0:
+      visualize.save_png(outdir / "trace.png", visualize.trace_grid(visualize.to_uint8(
+          visualize.finite_samples(trace, "sampling trace"))))
   if jax.process_index() == 0:
-    print(f"\nwrote {_NUM.value} samples in {num_shards} shards to {outdir} "
-          f"(sampling.json, grid.png); {redrawn_total(outdir)} non-finite samples were "
-          "drawn again", flush=True)
+    print(f"\nwrote {num_samples} samples in {num_shards} shards to {outdir} "
+          f"(sampling.json, grid.png{', trace.png' if options.trace else ''}); "
+          f"{redrawn_total(outdir)} non-finite samples were drawn again", flush=True)
   return num_shards
 
 
-def main() -> None:
-  if _NUM.value < 1 or _SHARD.value < 1:
-    raise runtime.UserError("--num_samples and --shard_size must be >= 1")
-  run(_CONFIG.value, runtime.checkpoint_root(_WORKDIR.value, _CHECKPOINT.value))
+def _define_flags():
+  """The CLI's flags → a function that reads them into (root, Options, config)."""
+  config = job_flags.define_config()
+  checkpoint = job_flags.define_checkpoint()
+  sampler = job_flags.define_sampler()
+  seed = job_flags.define_seed("Noise seed.")
+  fid_protocol = job_flags.define_fid_protocol()
+  flags.adopt_module_key_flags(job_flags)  # --help lists the shared flags too.
+  num = flags.DEFINE_integer("num_samples", 64, "Total number of samples.")
+  outdir = flags.DEFINE_string("outdir", None, "Where shards go.", required=True)
+  shard = flags.DEFINE_integer("shard_size", 64, "Samples per shard (one global batch).")
+  classes = flags.DEFINE_list("classes", None, "Class labels to cycle (default: all, balanced).")
+  cond = flags.DEFINE_list(
+      "cond", None, "AdaLN models (model.cond_dim > 0): continuous condition values, cond_dim "
+      "per vector, vectors cycled over the samples like --classes (default: unconditional).")
+  trace = flags.DEFINE_bool(
+      "trace", False, f"Also write OUT/trace.png: for the first (up to {TRACE_SAMPLES}) samples, "
+      "the image after each block from the noise to the sample (and the denoised one), through "
+      "the exact sequential inverse, one row each.")
+
+  def read():
+    options = Options(outdir=outdir.value, num_samples=num.value, shard_size=shard.value,
+                      classes=classes.value, cond=cond.value, step=checkpoint.step.value,
+                      use_ema=checkpoint.use_ema.value, seed=seed.value,
+                      fid_protocol=fid_protocol.value, trace=trace.value, **sampler.values())
+    return checkpoint.root(), options, config.value
+
+  return read
 
 
 if __name__ == "__main__":
-  runtime.run(main)
+  _read_flags = _define_flags()
+  runtime.run(lambda: run_job(*_read_flags()))

@@ -1,9 +1,8 @@
 """Bayes classifier of a conditional flow: argmin over classes of the per-image training loss,
-every eval image once on any device count; the CLI and the training-time `eval/accuracy`."""
+every eval image once on any device count; the job and the training-time `eval/accuracy`."""
 
 import json
-import subprocess
-import sys
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -11,8 +10,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import REPO, read_scalars, tiny_config, tiny_model
-from tarflow_flax import checkpoint, eval_lib, losses, models, sharding
+from conftest import read_scalars, tiny_config, tiny_model
+from tarflow_flax import checkpoint, eval_lib, evaluate, losses, models, sharding
 from tarflow_flax import input_pipeline as data_lib
 
 
@@ -91,27 +90,23 @@ def test_accuracy_averages_the_class_losses_over_noise_draws(model_and_config):
   assert not np.array_equal(correct, one_draw)  # The extra draws changed some predictions.
 
 
-def test_classify_cli_and_unconditional_refusal(tmp_path):
+def test_classify_job_and_unconditional_refusal(tmp_path, capsys, caplog):
   config = _conditional_config(**{"batch_size": 8})
   checkpoint.save_model_checkpoint(str(tmp_path / "cond"), models.build_model(config), config)
   out = tmp_path / "acc.json"
-  run = subprocess.run(
-      [sys.executable, "-m", "tarflow_flax.evaluate", f"--checkpoint={tmp_path / 'cond'}",
-       "--metric=classify", "--num_batches=2", "--num_noise_draws=2", f"--out={out}"], cwd=REPO,
-      capture_output=True, text=True, timeout=300)
-  assert run.returncode == 0, run.stderr[-2000:]
+  with caplog.at_level(logging.INFO):
+    result = evaluate.classify(tmp_path / "cond", num_batches=2, num_noise_draws=2)
+  evaluate.report("classify", result, str(out))
   data = json.loads(out.read_text())
   assert data["metric"] == "classify" and data["num_images"] == 16 and data["noise_draws"] == 2
-  assert f'"accuracy": {data["accuracy"]}' in run.stdout.strip().splitlines()[-1]  # The last line.
+  last_line = capsys.readouterr().out.strip().splitlines()[-1]
+  assert f'"accuracy": {data["accuracy"]}' in last_line and last_line.startswith("done: classify")
   assert 0 <= data["accuracy"] <= 1 and len(data["per_class_accuracy"]) == 10
-  assert "classify: batch 1, 8 images, " in run.stderr  # Progress, from the first batch on.
+  assert "classify: batch 1, 8 images, " in caplog.text  # Progress, from the first batch on.
   uncond = tiny_config()
   checkpoint.save_model_checkpoint(str(tmp_path / "uncond"), models.build_model(uncond), uncond)
-  bad = subprocess.run(
-      [sys.executable, "-m", "tarflow_flax.evaluate", f"--checkpoint={tmp_path / 'uncond'}",
-       "--metric=classify"], cwd=REPO, capture_output=True, text=True, timeout=300)
-  assert bad.returncode != 0
-  assert bad.stderr.strip().splitlines()[-1].startswith("error: the Bayes classifier needs")
+  with pytest.raises(ValueError, match="^the Bayes classifier needs"):
+    evaluate.classify(tmp_path / "uncond")
 
 
 def test_training_logs_accuracy_for_conditional_models(tmp_path):

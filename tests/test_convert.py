@@ -1,16 +1,13 @@
-"""Mapping reference state_dicts onto the NNX model, and the convert CLI → Orbax checkpoint."""
+"""Mapping reference state_dicts onto the NNX model, and the convert job → Orbax checkpoint."""
 
 import json
 import os
-import subprocess
-import sys
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-from conftest import GOLDEN_DIR, REPO, rel_err
-from tarflow_flax import checkpoint, convert, torch_io
+from conftest import GOLDEN_DIR, rel_err
+from tarflow_flax import checkpoint, config_lib, convert, torch_io
 
 GOLDEN = os.path.join(GOLDEN_DIR, "uncond_small.npz")
 
@@ -60,27 +57,16 @@ def test_wrapper_prefixes_are_stripped(golden):
   assert rel_err(z, d["z"][..., perm]) <= 1e-5
 
 
-def test_cli_writes_a_checkpoint_the_project_loads(golden, tmp_path):
+def test_the_job_writes_a_checkpoint_the_project_loads(golden, tmp_path):
   d, cfg, state = golden
   pth = tmp_path / "model.pth"
   torch_io.save_torch_state_dict(state, str(pth))
-  config_file = tmp_path / "golden_config.py"
-  config_file.write_text(
-      "from tarflow_flax import config_lib\n"
-      "def get_config():\n"
-      "  c = config_lib.base_config()\n"
-      f"  c.image_size = {cfg['img_size']}\n"
-      f"  c.model.in_channels = {cfg['in_channels']}\n"
-      f"  c.model.patch_size = {cfg['patch_size']}\n"
-      f"  c.model.channels = {cfg['channels']}\n"
-      f"  c.model.num_blocks = {cfg['num_blocks']}\n"
-      f"  c.model.layers_per_block = {cfg['layers_per_block']}\n"
-      "  return c\n")
+  config = config_lib.base_config()
+  config.image_size = cfg["img_size"]
+  for key in ("in_channels", "patch_size", "channels", "num_blocks", "layers_per_block"):
+    config.model[key] = cfg[key]
   out = tmp_path / "ckpt"
-  result = subprocess.run(
-      [sys.executable, "-m", "tarflow_flax.convert", f"--pth={pth}", f"--config={config_file}",
-       f"--out={out}"], cwd=REPO, capture_output=True, text=True, timeout=300)
-  assert result.returncode == 0, result.stderr[-2000:]
+  assert convert.write_checkpoint(str(pth), config, str(out)) == 0
   model, meta = checkpoint.load_model(str(out))
   assert meta["source"] == str(pth) and meta["weights"] == "model"
   z, _, _ = model(jnp.asarray(np.transpose(d["x"], (0, 2, 3, 1))))

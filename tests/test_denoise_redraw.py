@@ -102,7 +102,7 @@ def test_samples_that_stay_non_finite_stop_the_job(model, monkeypatch):
 
 def test_the_sample_job_counts_redraws_in_sampling_json_across_a_resume(tmp_path):
   from etils import epath  # pylint: disable=g-import-not-at-top
-  from tarflow_flax import sample  # pylint: disable=g-import-not-at-top  (defines job flags)
+  from tarflow_flax import sample  # pylint: disable=g-import-not-at-top
   outdir, settings = epath.Path(tmp_path), {"seed": 3, "denoise_lr": 0.5}
   sample.check_outdir(outdir, settings)
   sample.record_redrawn(outdir, 3, 2)

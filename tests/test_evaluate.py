@@ -1,16 +1,15 @@
-"""Exact bits/dim: golden parity, invariance to sharding and padding, whole-split coverage; CLI."""
+"""Exact bits/dim: golden parity, invariance to sharding and padding, whole-split coverage; the job."""
 
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
+import pytest
 from flax import nnx
 
-from conftest import GOLDEN_DIR, REPO, tiny_config
-from tarflow_flax import checkpoint, convert, eval_lib, models, sharding
+from conftest import GOLDEN_DIR, tiny_config
+from tarflow_flax import checkpoint, convert, eval_lib, evaluate, models, runtime, sharding
 
 GOLDEN = os.path.join(GOLDEN_DIR, "uncond_small.npz")
 
@@ -59,17 +58,16 @@ def test_whole_split_once_and_device_count_invariant():
   assert results[0]["bpd_stderr"] > 0
 
 
-def test_evaluate_cli_bpd_on_a_checkpoint(tmp_path):
+def test_evaluate_job_bpd_on_a_checkpoint(tmp_path, capsys):
   config = tiny_config()
   checkpoint.save_model_checkpoint(str(tmp_path / "ck"), models.build_model(config), config)
   out = tmp_path / "result.json"
-  result = subprocess.run(
-      [sys.executable, "-m", "tarflow_flax.evaluate", f"--checkpoint={tmp_path / 'ck'}",
-       "--metric=bpd", "--num_batches=3", f"--out={out}"], cwd=REPO, capture_output=True,
-      text=True, timeout=300)
-  assert result.returncode == 0, result.stderr[-2000:]
+  result = evaluate.bpd(runtime.checkpoint_root(None, str(tmp_path / "ck")), num_batches=3)
+  evaluate.report("bpd", result, str(out))
   data = json.loads(out.read_text())
   assert data["num_images"] == 24 and np.isfinite(data["bpd"]) and "log(128)" in data["protocol"]
-  bad = subprocess.run([sys.executable, "-m", "tarflow_flax.evaluate", "--metric=bpd"], cwd=REPO,
-                       capture_output=True, text=True, timeout=120)
-  assert bad.returncode != 0 and "exactly one of --workdir or --checkpoint" in bad.stderr
+  assert capsys.readouterr().out.strip().splitlines()[-1] == (
+      f'done: bpd {json.dumps({k: data[k] for k in ("bpd", "bpd_stderr", "num_images")})}, '
+      f"written to {out}")
+  with pytest.raises(runtime.UserError, match="exactly one of --workdir or --checkpoint"):
+    runtime.checkpoint_root(None, None)

@@ -89,3 +89,17 @@ def test_a_function_level_import_cycle_is_found(tmp_path):
   (package / "sub" / "b.py").write_text("def g():\n  from ..sub import a\n  return a\n")
   assert find_cycle(import_graph(str(tmp_path))) == [
       "tarflow_flax.sub.a", "tarflow_flax.sub.b", "tarflow_flax.sub.a"]
+
+
+JOBS = ("sample", "evaluate", "convert", "compile_check", "prepare")
+
+
+def test_the_jobs_import_together_and_define_no_flags_on_import():
+  """Their libraries are usable side by side: a job's flags exist only when it runs as a CLI."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  for job in JOBS:
+    importlib.import_module(f"{PACKAGE}.{job}")
+  defined = flags.FLAGS.flags_by_module_dict()
+  for module in [f"{PACKAGE}.{job}" for job in JOBS] + [f"{PACKAGE}.job_flags"]:
+    assert not defined.get(module), (module, [f.name for f in defined[module]])

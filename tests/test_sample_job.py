@@ -1,7 +1,9 @@
 """The batch sampling job: shards, resume after SIGKILL without duplicates, refusal of mixing."""
 
 import json
+import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,10 +13,11 @@ import numpy as np
 import pytest
 
 from conftest import REPO, job_env, tiny_config, tiny_model
-from tarflow_flax import checkpoint
+from tarflow_flax import checkpoint, runtime, sample
 
 
-# Four fake CPU devices: shards of 3 samples are padded to a global batch of 4.
+# The killed job runs on four fake CPU devices (shards of 3 samples padded to a global batch of
+# 4), the jobs run in this process on eight (padded to 8): the shards must not differ.
 DEVICES = 4
 
 
@@ -35,14 +38,18 @@ def _job(ckpt, outdir, *extra):
                           text=True, env=job_env(DEVICES))
 
 
+def _run(ckpt, outdir, **options):
+  """The job in this process; its number of shards."""
+  return sample.run_job(ckpt, sample.Options(**{"outdir": str(outdir), "num_samples": 10,
+                                                "shard_size": 3, **options}))
+
+
 def _shards(outdir):
   return sorted(f for f in os.listdir(outdir) if f.startswith("shard_"))
 
 
 def test_killed_job_resumes_to_exactly_n_samples(ckpt, tmp_path):
-  straight = _job(ckpt, tmp_path / "straight")
-  out, _ = straight.communicate(timeout=300)
-  assert straight.returncode == 0, out[-2000:]
+  assert _run(ckpt, tmp_path / "straight") == 4
 
   killed = _job(ckpt, tmp_path / "killed")
   start = time.time()
@@ -71,22 +78,21 @@ def test_killed_job_resumes_to_exactly_n_samples(ckpt, tmp_path):
   assert (tmp_path / "straight" / "grid.png").exists()
   assert not [f for f in os.listdir(tmp_path / "killed") if f.endswith(".tmp")]
 
-  other = _job(ckpt, tmp_path / "straight", "--seed=1")
-  out, _ = other.communicate(timeout=300)
-  assert other.returncode != 0 and "holds samples of another run (differs in ['seed'])" in out
+  with pytest.raises(runtime.UserError,
+                     match=re.escape("holds samples of another run (differs in ['seed'])")):
+    _run(ckpt, tmp_path / "straight", seed=1)
 
 
-def test_auto_calibrates_once_per_job_and_a_resumed_job_reuses_the_plan(ckpt, tmp_path):
-  out, _ = _job(ckpt, tmp_path, "--method=auto", "--num_samples=6").communicate(timeout=300)
-  assert "auto plan per block (sampling order)" in out, out[-2000:]
+def test_auto_calibrates_once_per_job_and_a_resumed_job_reuses_the_plan(ckpt, tmp_path, caplog):
+  with caplog.at_level(logging.INFO):
+    _run(ckpt, tmp_path, method="auto", num_samples=6)
+  assert "auto plan per block (sampling order)" in caplog.text
   first = json.loads((tmp_path / "sampling.json").read_text())
   assert first["auto_plan"]["blocks"] and first["auto_plan"]["plans"]
   shard = np.load(tmp_path / "shard_00001.npz")["images"]
   os.remove(tmp_path / "shard_00001.npz")
 
-  resumed = _job(ckpt, tmp_path, "--method=auto", "--num_samples=6")
-  out, _ = resumed.communicate(timeout=300)
-  assert resumed.returncode == 0, out[-2000:]
+  _run(ckpt, tmp_path, method="auto", num_samples=6)
   # A second calibration would have measured other timings: the stored plan was reused.
   assert json.loads((tmp_path / "sampling.json").read_text()) == first
   np.testing.assert_array_equal(np.load(tmp_path / "shard_00001.npz")["images"], shard)

@@ -26,6 +26,8 @@ VENV="\$HOME/tarflow_venv"  # Expanded by the worker's shell.
 # Flags of every job. --distributed=true: jax.distributed discovers the slice's workers itself,
 # and a failed discovery stops the job instead of starting one single-host job per worker.
 DIST_FLAGS="${TARFLOW_DIST_FLAGS:---distributed=true}"
+# Share of each GPU's memory JAX's client preallocates and may use (JAX's default: 0.75).
+GPU_MEMORY_FRACTION=0.95
 
 parse_common_flags() {
   for arg in "$@"; do

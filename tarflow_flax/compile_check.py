@@ -1,15 +1,16 @@
-"""Ahead-of-time compilation of the train step (or the sampler) for a TPU slice, on any host.
+"""Ahead-of-time compilation of the train step (or the sampler) for TPUs or GPUs, on any host.
 
   python -m tarflow_flax.compile_check --config=configs/imagenet64.py[:preset] --topology=v5p:2x2x2 \
       [--batch=N] [--what=train|sample] [--config.model.scan_layers=False] [--config.key=value ...]
 
 Builds the trainer's own step (steps.compile_train_step: same functions, shardings and donation)
-over the devices of a TPU topology (libtpu compiles it; no TPU is needed) or `--topology=local`,
-lowers it with abstract sharded arguments (nothing is allocated) and reports memory per chip,
-model FLOPs, the collectives in the compiled HLO and, when layers are unrolled, the TPU cost
-model's step time and MFU. Prints a table and one JSON line; exits 1 with one line when the step
-does not fit in the chips' HBM. Needs the `tpu` extra (`pip install -e ".[tpu]"`) for TPU
-topologies.
+over the devices of a TPU topology (libtpu compiles it; no TPU is needed), of NVIDIA GPUs
+(`h100:SxHxG`: slices × hosts × GPUs per host; the CUDA plugin compiles it, no GPU is needed) or
+`--topology=local`, lowers it with abstract sharded arguments (nothing is allocated) and reports
+memory per chip, model FLOPs, the collectives in the compiled HLO, the attention kernel and, when
+layers are unrolled on a TPU, the TPU cost model's step time and MFU. Prints a table and one JSON
+line; exits 1 with one `error:` line when the step does not fit in the chips' memory. Needs the
+`tpu` extra (`pip install -e ".[tpu]"`) for TPU topologies, the `gpu` extra for GPU ones.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ import numpy as np
 from absl import flags
 from flax import nnx
 
-from tarflow_flax import config_lib, flops, job_flags, models, runtime, sharding, steps
+from tarflow_flax import config_lib, flops, gpu_targets, job_flags, models, runtime, sharding
+from tarflow_flax import steps
 from tarflow_flax.models import attention, transformer
 from tarflow_flax.sampling import api as sampling_api
 
@@ -42,9 +44,11 @@ class DoesNotFit(RuntimeError):
 
 
 def topology_devices(name: str) -> list:
-  """The devices of a TPU topology (compiled for, never run on) or the local devices."""
+  """The devices of a TPU or GPU topology (compiled for, never run on) or the local devices."""
   if name == "local":
     return jax.devices()
+  if gpu_targets.is_gpu_topology(name):
+    return gpu_targets.devices(name)
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
   # Only compiling here: do not fail when another process on the host holds libtpu's lock, and
   # give libtpu a worker list so that it does not look for a TPU VM's metadata (and warn).
@@ -58,7 +62,9 @@ def topology_devices(name: str) -> list:
 
 
 def hbm_gib(device) -> float | None:
-  """HBM per chip of `device`, or None when unknown (CPU)."""
+  """Memory per chip of `device` that a step may use, or None when unknown (CPU)."""
+  if device.platform == "gpu" and gpu_targets.usable_memory_gib(device) is not None:
+    return gpu_targets.usable_memory_gib(device)  # Abstract GPUs have no memory_stats().
   if device.platform != "tpu":  # Local GPUs report their memory; CPUs do not.
     stats = device.memory_stats() or {}
     return stats["bytes_limit"] / 2**30 if "bytes_limit" in stats else None
@@ -176,8 +182,10 @@ def _cost(compiled) -> dict:
 
 
 def report(compiled, *, topology: str, devices, mesh, batch: int, compile_s: float,
-           model_flops: float, scan_layers: bool) -> dict:
-  """The JSON-able summary of one compiled program."""
+           model_flops: float, loop_note: str | None, compiler_options: dict | None = None
+           ) -> dict:
+  """The JSON-able summary of one compiled program; `loop_note`: why the cost model's time is
+  withheld when the program loops over its layers (None: layers are unrolled)."""
   mem = compiled.memory_analysis()
   peak_bytes = (mem.argument_size_in_bytes + mem.temp_size_in_bytes + mem.output_size_in_bytes -
                 mem.alias_size_in_bytes)
@@ -196,13 +204,22 @@ def report(compiled, *, topology: str, devices, mesh, batch: int, compile_s: flo
       "model_tflops_per_step": model_flops / 1e12,
       "cost_model_step_s": None, "cost_model_mfu": None,
       # What the cost model counts per chip (remat recompute included): hardware FLOPs.
-      "cost_model_tflops_per_chip": cost.get("flops", 0.0) / 1e12,
+      "cost_model_tflops_per_chip": cost["flops"] / 1e12 if "flops" in cost else None,
       "collectives": collectives(hlo_text),
       "pallas_kernels": pallas_kernels(hlo_text),
+      "cudnn_attention_calls": gpu_targets.cudnn_attention_calls(hlo_text),
+      "compiler_options": compiler_options or {},
   }
-  if scan_layers:
-    result["cost_model_note"] = ("layers are scanned: the cost model counts a layer once; rerun "
-                                 "with --config.model.scan_layers=False for step time and MFU")
+  if devices[0].platform == "gpu":
+    result["memory_note"] = (f"usable share of device memory ({gpu_targets.MEMORY_FRACTION_ENV}, "
+                             f"default {gpu_targets.DEFAULT_MEMORY_FRACTION}); cuDNN workspaces "
+                             "are not counted")
+  if not cost:
+    # XLA's GPU compiler answers cost_analysis() with None: only the analytic model's FLOPs.
+    result["cost_model_note"] = (f"XLA has no cost model for {devices[0].platform} (no step time "
+                                 "or MFU); model_tflops_per_step is the analytic count")
+  elif loop_note:
+    result["cost_model_note"] = loop_note
   elif step_s and step_s > 0:
     result["cost_model_step_s"] = step_s
     if peak_tflops:
@@ -212,16 +229,33 @@ def report(compiled, *, topology: str, devices, mesh, batch: int, compile_s: flo
   return result
 
 
+_SCANNED_NOTE = ("layers are scanned: the cost model counts a layer once; rerun with "
+                 "--config.model.scan_layers=False for step time and MFU")
+
+
+# Without a GPU, XLA cannot autotune its Triton GEMMs, and for some shapes (the imagenet64
+# GS-Jacobi sweep's (8·127, 768) × (768, 768) matmul) its untuned tiling finds no tile sizes:
+# those programs are compiled with cuBLAS GEMMs, one of the autotuner's choices on a GPU.
+_NO_TRITON_GEMM = {"xla_gpu_enable_triton_gemm": False}
+
+
 def _compile(lowered):
-  start = time.perf_counter()
+  """(compiled, seconds, the compiler options it needed)."""
+  start, options = time.perf_counter(), {}
   try:
-    compiled = lowered.compile()
+    try:
+      compiled = lowered.compile()
+    except jax.errors.JaxRuntimeError as e:
+      if "find output tile sizes" not in str(e):
+        raise
+      options = _NO_TRITON_GEMM
+      compiled = lowered.compile(compiler_options=options)
   except Exception as e:  # XLA reports HBM exhaustion at compile time on TPU.
     text = str(e)
     if "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower():
       raise DoesNotFit(text.splitlines()[0][:300]) from e
     raise
-  return compiled, time.perf_counter() - start
+  return compiled, time.perf_counter() - start, options
 
 
 def check_train(config, topology: str, batch: int | None = None) -> dict:
@@ -230,11 +264,15 @@ def check_train(config, topology: str, batch: int | None = None) -> dict:
   devices = topology_devices(topology)
   batch = batch or config.batch_size
   lowered, mesh, config = lower_train_step(config, devices, batch)
-  compiled, compile_s = _compile(lowered)
+  compiled, compile_s, options = _compile(lowered)
   result = report(compiled, topology=topology, devices=devices, mesh=mesh, batch=batch,
-                  compile_s=compile_s, model_flops=batch * flops.train_flops_per_image(
-                      config), scan_layers=config.model.scan_layers)
-  result.update(what="train", attention=config.model.attention, remat=config.model.remat,
+                  compile_s=compile_s, compiler_options=options,
+                  model_flops=batch * flops.train_flops_per_image(config),
+                  loop_note=_SCANNED_NOTE if config.model.scan_layers else None)
+  attention_kernel = config.model.attention
+  if attention_kernel == "cudnn" and not result["cudnn_attention_calls"]:
+    attention_kernel = "xla"  # cuDNN takes bf16/fp16 on GPUs; elsewhere XLA's attention runs.
+  result.update(what="train", attention=attention_kernel, remat=config.model.remat,
                 remat_policy=config.model.remat_policy, dtype=config.model.dtype,
                 grad_accum_steps=config.grad_accum_steps)
   if not result["fits"]:
@@ -253,15 +291,15 @@ def check_sample(config, topology: str, batch: int | None = None) -> list[dict]:
   sweep = max(1, (tokens - 1) // sampling_api.DEFAULT_GS_SEGMENTS)
   for name, segment in (("sequential_token_step", 1), ("gs_jacobi_sweep", sweep)):
     lowered, mesh, resolved = lower_sampler_steps(config, devices, batch, segment)
-    compiled, compile_s = _compile(lowered)
+    compiled, compile_s, options = _compile(lowered)
     depth = max(config_lib.block_depths(resolved.model))
     result = report(compiled, topology=topology, devices=devices, mesh=mesh, batch=batch,
-                    compile_s=compile_s,
+                    compile_s=compile_s, compiler_options=options,
                     model_flops=batch * flops.block_step_flops(resolved, depth, segment),
-                    scan_layers=True)  # The step loops over layers (a KV-cache carry).
-    result.update(what=name, tokens=segment, attention=resolved.model.attention,
-                  cost_model_note="the KV-cached step loops over its layers: the cost model "
-                  "counts one layer, so no step time or MFU")
+                    loop_note="the KV-cached step loops over its layers: the cost model "
+                    "counts one layer, so no step time or MFU")
+    # The KV-cached step attends with einsums over its cache whatever model.attention says.
+    result.update(what=name, tokens=segment, attention="xla")
     if not result["fits"]:
       raise DoesNotFit(f"{name} needs {result['peak_memory_per_chip_gib']:.1f} GiB per chip, "
                        f"the chips have {result['hbm_per_chip_gib']:.0f} GiB")
@@ -298,7 +336,8 @@ def _define_flags():
   config = job_flags.define_config("Config file (configs/*.py[:preset]).")
   flags.adopt_module_key_flags(job_flags)  # --help lists the shared flags too.
   topology = flags.DEFINE_string("topology", "local",
-                                 "TPU topology (v5p:2x2x2, v5e:4x4, v6e:8x8, ...) or 'local'.")
+                                 "TPU topology (v5p:2x2x2, v5e:4x4, v6e:8x8, ...), GPUs "
+                                 "(h100:1x1x8: slices x hosts x GPUs per host) or 'local'.")
   batch = flags.DEFINE_integer("batch", None, "Global batch (default: config.batch_size; for "
                                "--what=sample: config.sample.num_images).")
   what = flags.DEFINE_enum("what", "train", ["train", "sample"],
@@ -309,10 +348,14 @@ def _define_flags():
   flags.FLAGS.set_default("distributed", False)
 
   def job():
+    if topology.value != "local":
+      # An executable compiled for absent devices cannot be read back from JAX's persistent
+      # cache (there is no client to load it into): a cached entry would only warn and recompile.
+      jax.config.update("jax_enable_compilation_cache", False)
     try:
       results = check(config.value, topology.value, what.value, batch.value)
     except DoesNotFit as e:
-      sys.exit(f"does not fit on {topology.value}: {e}")
+      raise runtime.UserError(f"does not fit on {topology.value}: {e}") from e
     for result in results:
       print(format_table(result))
       print(json.dumps(result))

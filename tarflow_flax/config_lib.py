@@ -110,8 +110,20 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every_steps = 10
   c.checkpoint_every_steps = 100
   c.keep_checkpoints = 3
-  c.sample_every_steps = 0        # 0: off.
+  c.sample_every_steps = 0        # 0: off. Each grid also lands in workdir/samples/step_<N>.png.
+  # With each sample grid, the sampling trace of its first `sample_trace` images (noise, after
+  # each block, sample, denoised) as TensorBoard image 'trace' and workdir/trace/step_<N>.png.
+  c.sample_trace = 0              # 0: off.
   c.eval_every_steps = 0          # 0: off.
+  # (start, end): a jax.profiler trace of training steps start..end (counted from 1, both
+  # included) on process 0, into the TensorBoard events folder (plugins/profile/); (): off.
+  c.profile_steps = ()
+  # Weights & Biases (the `wandb` extra): the same scalars and images as TensorBoard, from process
+  # 0, into this project; empty: off. The run id is kept in the workdir: a resumed run continues
+  # the same W&B run. WANDB_MODE=offline and the other WANDB_* variables apply.
+  c.wandb_project = ""
+  c.wandb_entity = ""             # Empty: the user's default entity.
+  c.wandb_run_name = ""           # Empty: W&B's generated name.
   c.num_eval_batches = -1         # -1: the whole eval split.
   c.classify_noise_draws = 1      # Bayes classifier: noise draws per image, losses averaged.
   # In-training FID (off by default): samples from the EMA weights against reference statistics.
@@ -223,9 +235,13 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if c.fid_every_steps and not (c.fid.inception_pth and c.fid.ref_stats):
     _fail("fid_every_steps", "needs config.fid.inception_pth and config.fid.ref_stats",
           c.fid_every_steps)
+  if c.profile_steps and (len(c.profile_steps) != 2 or not 1 <= c.profile_steps[0]
+                          <= c.profile_steps[1]):
+    _fail("profile_steps", "must be () or (start, end) with 1 <= start <= end", c.profile_steps)
   if c.fid.protocol not in ("reference", "pytorch_fid"):
     _fail("fid.protocol", "must be 'reference' or 'pytorch_fid'", c.fid.protocol)
-  for key in ("sample_every_steps", "eval_every_steps", "warmup_steps", "fid_every_steps"):
+  for key in ("sample_every_steps", "eval_every_steps", "warmup_steps", "fid_every_steps",
+              "sample_trace"):
     if c[key] < 0:
       _fail(key, "must be >= 0 (0 disables)", c[key])
   if not 0.0 <= c.ema_decay < 1.0:

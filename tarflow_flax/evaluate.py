@@ -101,12 +101,13 @@ def _extractor(inception_pth: str | None, protocol: str, batch_size: int = 64):
 
 
 def fid(samples: str | None, ref_stats: str | None, *, inception_pth: str | None,
-        protocol: str = fid_protocols.DEFAULT_PROTOCOL) -> dict:
+        protocol: str = fid_protocols.DEFAULT_PROTOCOL, batch_size: int = 64) -> dict:
   """FID of a sampling job's outdir against reference statistics; the result names the protocol
-  and the sampler settings of the samples."""
+  and the sampler settings of the samples. batch_size: images per Inception call (a shorter
+  batch is padded to it)."""
   if not (samples and ref_stats):
     raise ValueError("--metric=fid needs --samples=DIR and --ref_stats=FILE")
-  extractor, _ = _extractor(inception_pth, protocol)
+  extractor, _ = _extractor(inception_pth, protocol, batch_size)
   reference = fid_lib.load_statistics(ref_stats)
   settings = fid_lib.sampling_settings(samples)
   if settings.get("fid_protocol", extractor.protocol) != extractor.protocol:

@@ -7,13 +7,23 @@ So when the user has not set JAX_PLATFORMS, a host that shows no TPU gets the pl
 have: CPU, plus CUDA where an NVIDIA device and JAX's CUDA plugin are both there. A TPU VM, a
 user's JAX_PLATFORMS, or a plugin this does not know is left to JAX. Compiling for a TPU topology
 (compile_check) still works through libtpu: it needs no TPU backend.
+
+JAX imports the CUDA plugin's linalg, PRNG and solver kernels when it is imported, and the plugin
+itself when it starts its first backend, wanted or not; with the plugin installed (the `test`
+extra has it, for compiling for GPUs) each of those loads logs "Could not find cuda drivers" on a
+host without a driver. So where the platforms exclude CUDA, JAX finds neither: the kernels stay
+unloaded (they are custom calls a compile-only GPU target does without), and
+`load_cuda_plugin()` (compile_check for GPU topologies) registers the plugin when it is needed.
 """
 
 from __future__ import annotations
 
 import glob
+import importlib
 import os
 import pkgutil
+import sys
+import types
 
 _GOOGLE_PCI_VENDOR_ID = "0x1ae0"  # What JAX's own TPU discovery looks for on the PCI bus.
 # Device files libtpu opens: /dev/accel* (v2–v5p), /dev/vfio/<group> (v5e and newer).
@@ -63,9 +73,51 @@ def choose(*, user_setting: str | None, tpu: bool, nvidia: bool,
   return "cpu"
 
 
+CUDA_PLUGIN = "jax_plugins.xla_cuda12"  # The PJRT plugin JAX registers as 'cuda'.
+# The plugin's kernel modules jaxlib imports with JAX whose libraries log the driver check.
+_LOGGING_CUDA_KERNELS = ("jax_cuda12_plugin._linalg", "jax_cuda12_plugin._prng",
+                         "jax_cuda12_plugin._solver")
+
+
+def _excludes_cuda(platforms: str | None) -> bool:
+  names = {name.strip() for name in (platforms or "").split(",")}
+  return bool(platforms) and not names & {"cuda", "gpu"}
+
+
 def apply() -> None:
-  """Sets JAX_PLATFORMS per `choose()` for this process and the processes it starts."""
+  """Sets JAX_PLATFORMS per `choose()` for this process and the processes it starts, and defers
+  the CUDA plugin where the platforms exclude CUDA."""
+  plugins = installed_plugins()
   value = choose(user_setting=os.environ.get("JAX_PLATFORMS"), tpu=tpu_visible(),
-                 nvidia=nvidia_visible(), plugins=installed_plugins())
+                 nvidia=nvidia_visible(), plugins=plugins)
   if value is not None:
     os.environ["JAX_PLATFORMS"] = value
+  if "cuda" in plugins and _excludes_cuda(os.environ.get("JAX_PLATFORMS")):
+    for kernels in _LOGGING_CUDA_KERNELS:
+      sys.modules.setdefault(kernels, None)  # An import of it now fails as "not installed".
+    placeholder = types.ModuleType(CUDA_PLUGIN, "The CUDA plugin, deferred by platforms.py.")
+    placeholder.initialize = lambda: None  # What JAX calls on each plugin it finds.
+    placeholder.deferred = True
+    sys.modules.setdefault(CUDA_PLUGIN, placeholder)
+
+
+def cuda_plugin_deferred() -> bool:
+  return getattr(sys.modules.get(CUDA_PLUGIN), "deferred", False)
+
+
+def load_cuda_plugin() -> None:
+  """Registers the deferred CUDA plugin with JAX (its abstract GPUs are compile targets; no CUDA
+  backend starts), as JAX's own plugin discovery would have."""
+  if not cuda_plugin_deferred():
+    return
+  # pylint: disable=g-import-not-at-top,protected-access
+  from jax._src import xla_bridge
+  xla_bridge._discover_and_register_pjrt_plugins()  # Once per process: with the placeholder.
+  del sys.modules[CUDA_PLUGIN]
+  importlib.import_module(CUDA_PLUGIN).initialize()
+  # What discovery does next for each plugin: the callbacks that register custom partitioning
+  # and FFI targets with it.
+  c_api = xla_bridge._backend_factories["cuda"].c_api
+  with xla_bridge._plugin_callback_lock:
+    for callback in xla_bridge._plugin_callbacks:
+      callback(c_api=c_api)

@@ -33,6 +33,9 @@ from tarflow_flax.fid import protocols as fid_protocols
 from tarflow_flax.sampling import api as sampling_api
 from tarflow_flax.sampling import batches, strategy
 from tarflow_flax.sampling import settings as sample_settings
+from tarflow_flax.sampling.trace import sample_trace
+
+TRACE_SAMPLES = 8  # Rows of trace.png (fewer when the job draws fewer samples).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +57,7 @@ class Options:
   use_ema: bool = True
   seed: int = 0
   fid_protocol: str = fid_protocols.DEFAULT_PROTOCOL
+  trace: bool = False  # Also write trace.png (sampling/trace.py) of the first samples.
 
   def __post_init__(self):
     if self.num_samples < 1 or self.shard_size < 1:
@@ -199,10 +203,17 @@ def run_job(root, options: Options, config=None) -> int:
         print(f"\r{progress_bar(done, total)}  shard {index + 1}/{num_shards}  "
               f"{done / (time.time() - start_time):.2f} img/s", end="", flush=True)
   multihost_utils.sync_global_devices("shards written")
+  if options.trace:  # Every process computes it (the model is sharded); process 0 writes it.
+    trace = sample_trace(model, mesh, seed=seed, count=min(num_samples, TRACE_SAMPLES),
+                         classes=classes, cond=cond, denoise_std=denoise_std,
+                         denoise_lr=denoise_lr, **guidance)
+    if jax.process_index() == 0:
+      visualize.save_png(outdir / "trace.png", visualize.trace_grid(visualize.to_uint8(
+          visualize.finite_samples(trace, "sampling trace"))))
   if jax.process_index() == 0:
     print(f"\nwrote {num_samples} samples in {num_shards} shards to {outdir} "
-          f"(sampling.json, grid.png); {redrawn_total(outdir)} non-finite samples were "
-          "drawn again", flush=True)
+          f"(sampling.json, grid.png{', trace.png' if options.trace else ''}); "
+          f"{redrawn_total(outdir)} non-finite samples were drawn again", flush=True)
   return num_shards
 
 
@@ -221,12 +232,16 @@ def _define_flags():
   cond = flags.DEFINE_list(
       "cond", None, "AdaLN models (model.cond_dim > 0): continuous condition values, cond_dim "
       "per vector, vectors cycled over the samples like --classes (default: unconditional).")
+  trace = flags.DEFINE_bool(
+      "trace", False, f"Also write OUT/trace.png: for the first (up to {TRACE_SAMPLES}) samples, "
+      "the image after each block from the noise to the sample (and the denoised one), through "
+      "the exact sequential inverse, one row each.")
 
   def read():
     options = Options(outdir=outdir.value, num_samples=num.value, shard_size=shard.value,
                       classes=classes.value, cond=cond.value, step=checkpoint.step.value,
                       use_ema=checkpoint.use_ema.value, seed=seed.value,
-                      fid_protocol=fid_protocol.value, **sampler.values())
+                      fid_protocol=fid_protocol.value, trace=trace.value, **sampler.values())
     return checkpoint.root(), options, config.value
 
   return read

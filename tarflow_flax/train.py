@@ -24,6 +24,7 @@ from tarflow_flax import visualize
 from tarflow_flax import finetune
 from tarflow_flax.sampling import batches as sample_batches
 from tarflow_flax.sampling import settings as sample_settings
+from tarflow_flax.sampling.trace import sample_trace
 
 FID_SEED = 1000  # In-training FID samples; the TensorBoard grid uses seed 0.
 
@@ -58,6 +59,23 @@ def generate_samples(graphdef, model_state, config, mesh, num_images: int, seed:
     images, _, _ = sample_batches.generate(model, mesh, seed=seed, start=start, count=count,
                                            batch=batch, **sample_settings.from_config(config))
     yield images
+
+
+def write_sample_images(writer, step: int, graphdef, model_state, config, mesh) -> None:
+  """The step's sample grid ('samples', seed 0) and, with config.sample_trace, the sampling trace
+  of its first images ('trace')."""
+  images = next(generate_samples(graphdef, model_state, config, mesh, config.sample.num_images,
+                                 seed=0))
+  images = visualize.finite_samples(images, f"step {step} samples")
+  logged = {"samples": visualize.make_grid(visualize.to_uint8(images))[None]}
+  if config.sample_trace:
+    settings = sample_settings.from_config(config)
+    del settings["method"]  # The trace is the exact sequential inverse's.
+    trace = sample_trace(nnx.merge(graphdef, model_state), mesh, seed=0,
+                         count=config.sample_trace, **settings)
+    trace = visualize.finite_samples(trace, f"step {step} sampling trace")
+    logged["trace"] = visualize.trace_grid(visualize.to_uint8(trace))[None]
+  writer.write_images(step, logged)
 
 
 def in_training_fid(graphdef, model_state, config, mesh) -> float:
@@ -117,7 +135,9 @@ def done_message(config, workdir) -> str:
       f"  TensorBoard events ({shown}): tensorboard --logdir {events}",
       f"  sample: python -m tarflow_flax.sample --workdir={workdir} --outdir={workdir / 'samples'}",
       f"  bits/dim: python -m tarflow_flax.evaluate --workdir={workdir} --metric=bpd"
-      + ("  (or --metric=classify)" if config.model.num_classes else "")])
+      + ("  (or --metric=classify)" if config.model.num_classes else "")]
+      + ([f"  sample grids as PNG files: {workdir / 'samples'}/step_<N>.png"]
+         if config.sample_every_steps else []))
 
 
 def train_and_evaluate(config, workdir) -> dict[str, float]:
@@ -160,9 +180,9 @@ def train_and_evaluate(config, workdir) -> dict[str, float]:
 
   # Imported here: CLU's TensorBoard writer brings in TensorFlow (~5 s), which a job that stops
   # on a config, data or checkpoint error above never needs.
-  from clu import metric_writers  # pylint: disable=g-import-not-at-top
-  writer = metric_writers.create_default_writer(str(metrics_dir),
-                                                just_logging=jax.process_index() > 0)
+  from tarflow_flax import profiling, writers  # pylint: disable=g-import-not-at-top
+  writer = writers.create(config, workdir, metrics_dir)
+  profile = profiling.step_profile(config, str(metrics_dir))
   if start_step == 0:
     writer.write_hparams(_hparams(config))
   train_step = steps.compile_train_step(trainer, shardings, mesh)
@@ -188,9 +208,13 @@ def train_and_evaluate(config, workdir) -> dict[str, float]:
     logging.info("Compiling the training step (the first step waits for it)…")
   first_step_start = time.time()
   try:
+    if profile:
+      profile(step)
     while step < config.num_train_steps:
       state, metrics = train_step(state, next(batches))
       step += 1
+      if profile:
+        profile(step, pending=metrics)
       interval_steps += 1
       summed = metrics if summed is None else jax.tree.map(jnp.add, summed, metrics)
       if step == start_step + 1:
@@ -232,11 +256,7 @@ def train_and_evaluate(config, workdir) -> dict[str, float]:
           break
         if config.sample_every_steps and (step % config.sample_every_steps == 0 or is_last):
           sample_state = state.ema if state.ema is not None else state.model
-          images = next(generate_samples(trainer.graphdef, sample_state, config, mesh,
-                                         config.sample.num_images, seed=0))
-          images = visualize.finite_samples(images, f"step {step} samples")
-          writer.write_images(step, {"samples": visualize.make_grid(
-              visualize.to_uint8(images))[None]})
+          write_sample_images(writer, step, trainer.graphdef, sample_state, config, mesh)
         if config.eval_every_steps and (step % config.eval_every_steps == 0 or is_last):
           eval_state = state.ema if state.ema is not None else state.model
           result = eval_lib.evaluate_bpd(trainer.graphdef, eval_state, config, mesh,
@@ -258,6 +278,8 @@ def train_and_evaluate(config, workdir) -> dict[str, float]:
           writer.write_scalars(step, {"eval/fid": value})
           logging.info("step %d  FID %.2f (%d samples)", step, value, config.fid.num_samples)
   finally:
+    if profile:
+      profile.close()
     stop.close()
     mngr.wait_until_finished()
     mngr.close()

@@ -42,6 +42,13 @@ def make_grid(images, ncol: int | None = None, pad: int = 2, pad_value=128) -> n
   return grid
 
 
+def trace_grid(trace_uint8) -> np.ndarray:
+  """A (N, steps, H, W, C) sampling trace → one grid image, one row per sample, one column per
+  step (sampling/trace.py)."""
+  n, steps = trace_uint8.shape[:2]
+  return make_grid(np.reshape(trace_uint8, (n * steps,) + trace_uint8.shape[2:]), ncol=steps)
+
+
 def save_png(path, image_uint8: np.ndarray) -> None:
   """Writes an HWC uint8 image as PNG to a local or gs:// path."""
   from PIL import Image  # pylint: disable=g-import-not-at-top

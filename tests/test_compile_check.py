@@ -100,7 +100,7 @@ def test_a_step_that_cannot_fit_exits_1_with_one_line():
   assert proc.returncode == 1
   assert "Traceback" not in proc.stderr
   lines = proc.stderr.strip().splitlines()
-  assert lines[-1].startswith("does not fit on v5e:2x2: "), proc.stderr[-2000:]
+  assert lines[-1].startswith("error: does not fit on v5e:2x2: "), proc.stderr[-2000:]
   assert proc.stdout == ""
 
 

@@ -91,7 +91,7 @@ def test_a_function_level_import_cycle_is_found(tmp_path):
       "tarflow_flax.sub.a", "tarflow_flax.sub.b", "tarflow_flax.sub.a"]
 
 
-JOBS = ("sample", "evaluate", "convert", "compile_check", "prepare")
+JOBS = ("sample", "evaluate", "convert", "compile_check", "prepare", "sweep")
 
 
 def test_the_jobs_import_together_and_define_no_flags_on_import():

@@ -57,8 +57,19 @@ def test_install_sample_evaluate_tensorboard_gpu():
   assert "tarflow_flax.evaluate" in out and "--metric=bpd" in out
   assert "tensorboard --logdir=gs://b/r" in _dry("tpu_tensorboard.sh", "--workdir=gs://b/r")
   out = _dry("gpu_host.sh", "--workdir=/runs/x")
-  assert "jax\\[cuda12\\]" in out and "tarflow_flax.main" in out
+  assert f"{REPO}[gpu]" in shlex.split(out.splitlines()[0][2:]) and "tarflow_flax.main" in out
   assert "queued-resources delete" in _dry("tpu_delete.sh")
+
+
+def test_gpu_hosts_join_one_job_with_slurm_or_coordinator_flags():
+  flags = ("--config=configs/imagenet64.py", "--workdir=gs://b/r")
+  explicit = ("--coordinator_address=h0:8476", "--num_processes=2", "--process_id=1")
+  for given in ((), explicit):  # () : under SLURM, jax.distributed reads the environment.
+    (line,) = [l for l in _dry("gpu_hosts.sh", *flags, *given, "--config.batch_size=512")
+               .splitlines() if l.startswith("+ ")]
+    assert shlex.split(line[2:]) == [
+        "env", "XLA_PYTHON_CLIENT_MEM_FRACTION=0.95", "python3", "-m", "tarflow_flax.main",
+        "--distributed=true", *flags, *given, "--config.batch_size=512"]
 
 
 def _worker_commands(out):

@@ -50,3 +50,23 @@ def test_tpu_devices_are_seen(monkeypatch, tmp_path):
     assert platforms.tpu_visible() == expected
   monkeypatch.setattr(platforms.glob, "glob", lambda pattern: [])
   assert not platforms.tpu_visible()
+
+
+@pytest.mark.parametrize("jax_platforms", [None, "cpu"])
+def test_the_cuda_plugin_stays_silent_where_cuda_is_not_used(jax_platforms, tmp_path):
+  """With the CUDA plugin installed (the test extra) and no GPU, importing JAX and starting its
+  CPU backend logs no driver check; compile_check can still register the plugin."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  assert "cuda" in platforms.installed_plugins(), "the test extra's CUDA plugin is missing"
+  env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+  if jax_platforms:
+    env["JAX_PLATFORMS"] = jax_platforms
+  code = ("import sys, tarflow_flax, jax; from tarflow_flax import platforms; jax.devices(); "
+          "assert platforms.cuda_plugin_deferred(); print('LOAD', file=sys.stderr, flush=True); "
+          "platforms.load_cuda_plugin(); assert not platforms.cuda_plugin_deferred(); print('ok')")
+  proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True,
+                        text=True, timeout=120, check=False)
+  assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+  before_load = proc.stderr.split("LOAD\n", 1)[0]  # The explicit load may log; JAX's start not.
+  assert before_load == "", proc.stderr

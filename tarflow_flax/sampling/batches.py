@@ -100,9 +100,14 @@ def _sample_rows(model, mesh, noise, labels, values, batch: int, sample_options)
   y_cont = None if values is None else global_batch(values, batch, sharding.replicated(mesh))
   images, info = api.sample(model, noise, y, y_cont=y_cont, **sample_options)
   info = {**info, "local_rows": local_rows(images)}
-  # Gather to every host (rows may live on devices of other processes).
-  images = jax.jit(lambda x: x, out_shardings=sharding.replicated(mesh))(images)
-  return np.array(jax.device_get(images)[:count]), info  # A writable copy.
+  return to_host(images, mesh)[:count], info
+
+
+def to_host(array: jax.Array, mesh) -> np.ndarray:
+  """A global array as a writable numpy copy on every host (its rows may live on devices of
+  other processes)."""
+  array = jax.jit(lambda x: x, out_shardings=sharding.replicated(mesh))(array)
+  return np.array(jax.device_get(array))
 
 
 def _non_finite(images: np.ndarray) -> np.ndarray:

@@ -9,12 +9,33 @@ code imports the jobs' functions freely.
 from __future__ import annotations
 
 import dataclasses
+import importlib.machinery
+import importlib.util
+import sys
+import types
 
 from absl import flags
 from ml_collections import config_flags
 
 from tarflow_flax.fid import protocols as fid_protocols
 from tarflow_flax.sampling import api as sampling_api
+
+
+def _load_config_file(module_name: str, module_path: str) -> types.ModuleType:
+  """A config file as a module, as ml_collections loads it but through `exec_module`: its own
+  loader (1.1.0, the newest) calls the deprecated `load_module()`, a DeprecationWarning per
+  parse. Same result: the module, also registered in sys.modules under `module_name`."""
+  loader = importlib.machinery.SourceFileLoader(module_name, module_path)
+  spec = importlib.util.spec_from_loader(module_name, loader)
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[module_name] = module
+  loader.exec_module(module)
+  return module
+
+
+# The module that loads config files (the package re-exports only its public names).
+_CONFIG_FILE_LOADER = importlib.import_module("ml_collections.config_flags.config_flags")
+_CONFIG_FILE_LOADER._load_source = _load_config_file  # pylint: disable=protected-access
 
 
 def define_config(help_text: str = "Config (default: the checkpoint's).", **kwargs):

@@ -7,10 +7,9 @@ import tempfile
 
 import pytest
 from absl import flags
-from ml_collections import config_flags
 
 from conftest import GOLDEN_DIR, REPO, job_env, tiny_config
-from tarflow_flax import cli, train
+from tarflow_flax import cli, job_flags, train
 
 TINY = os.path.join(REPO, "configs", "tiny.py")
 MISSING = os.path.join(tempfile.gettempdir(), "no-such-folder", "config.py")
@@ -86,7 +85,7 @@ def _parse(argv, cwd=REPO):
   """The one `error:` line of cli.parse_flags on a job's flags (--config, required --workdir)."""
   argv = ["job", *argv]
   flag_values = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values, sys_argv=argv)
+  job_flags.define_config("", flag_values=flag_values, sys_argv=argv)  # The jobs' --config.
   flags.DEFINE_string("workdir", None, "", flag_values=flag_values)
   flags.mark_flags_as_required(["config", "workdir"], flag_values=flag_values)
   old = os.getcwd()

@@ -72,8 +72,7 @@ def main(_):
   rows = [("training step", step_s, step_s), ("grid", *grid)]
   if config.sample_trace:
     model = nnx.merge(trainer.graphdef, model_state)
-    settings = sample_settings.from_config(config)
-    del settings["method"]  # The trace is the exact sequential inverse's.
+    settings = sample_settings.for_trace(config)
     trace = _timed(lambda: sample_trace(model, mesh, seed=0, count=config.sample_trace,
                                         **settings), _REPEATS.value)
     result.update(trace_first_s=trace[0], trace_s=trace[1], trace_in_steps=trace[1] / step_s)

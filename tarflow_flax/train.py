@@ -69,10 +69,8 @@ def write_sample_images(writer, step: int, graphdef, model_state, config, mesh) 
   images = visualize.finite_samples(images, f"step {step} samples")
   logged = {"samples": visualize.make_grid(visualize.to_uint8(images))[None]}
   if config.sample_trace:
-    settings = sample_settings.from_config(config)
-    del settings["method"]  # The trace is the exact sequential inverse's.
     trace = sample_trace(nnx.merge(graphdef, model_state), mesh, seed=0,
-                         count=config.sample_trace, **settings)
+                         count=config.sample_trace, **sample_settings.for_trace(config))
     trace = visualize.finite_samples(trace, f"step {step} sampling trace")
     logged["trace"] = visualize.trace_grid(visualize.to_uint8(trace))[None]
   writer.write_images(step, logged)

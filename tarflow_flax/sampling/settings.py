@@ -24,3 +24,11 @@ def from_config(config, *, method: str | None = None, guidance: float | None = N
               guide_what=s.guide_what, attn_temp=given(attn_temp, s.attn_temp),
               annealed_guidance=given(annealed_guidance, s.annealed_guidance),
               denoise_std=config.data.noise_std if denoise else None, denoise_lr=denoise_lr)
+
+
+def for_trace(config) -> dict[str, Any]:
+  """config.sample's settings for the sampling trace, which is always the exact sequential
+  inverse (every block's output is its data): `from_config` without the method."""
+  settings = from_config(config)
+  del settings["method"]
+  return settings

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import ml_collections
 
+from tarflow_flax.input_pipeline import datasets, device_transforms
+
 HEAD_DIM = 64  # Fixed by the reference: heads = channels // 64.
-DATASETS = ("mnist_embedded", "downsampled_imagenet", "imagenet2012", "imagenet_resized",
-            "cifar10", "image_folder")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn", "splash")
 REMAT_POLICIES = ("full", "save_matmuls")
@@ -204,10 +204,10 @@ def validate_model(m, image_size: int) -> None:
 def validate(c: ml_collections.ConfigDict) -> None:
   """Checks a whole config; raises ConfigError with one line naming key and rule."""
   validate_model(c.model, c.image_size)
-  if c.data.name not in DATASETS:
-    _fail("data.name", f"must be one of {DATASETS}", c.data.name)
-  if c.data.noise_type not in ("gaussian", "uniform"):
-    _fail("data.noise_type", "must be 'gaussian' or 'uniform'", c.data.noise_type)
+  if c.data.name not in datasets.DATASETS:
+    _fail("data.name", f"must be one of {datasets.names()}", c.data.name)
+  if c.data.noise_type not in device_transforms.NOISE_TYPES:
+    _fail("data.noise_type", f"must be one of {device_transforms.NOISE_TYPES}", c.data.noise_type)
   if c.model.cond_dim and not c.data.cond_key:
     _fail("data.cond_key", f"must name a dataset feature when model.cond_dim={c.model.cond_dim}",
           c.data.cond_key)

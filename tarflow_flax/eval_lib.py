@@ -1,17 +1,16 @@
 """Exact bits/dim and Bayes-classifier accuracy over a whole split, on every device and host.
 
-Bits/dim (docs/numerics.md §10):
-
-Uniform dequantization x_deq = ((x_int + u)/256)·2 − 1 with K independent draws of u per image,
-a forward pass with y = None, and bpd = (0.5·mean z² + 0.5·log 2π + log 128 − logdets)/ln 2 with
+Bits/dim (docs/numerics.md §10): uniform dequantization (`device_transforms.dequantize`) with K
+independent draws per image, a forward pass with y = None, and `losses.bits_per_dim` with
 D = C·H·W. The eval iterator pads the last batch and masks the padding, so every example of the
 split counts exactly once whatever the batch size or device count.
 
 Bayes classifier (conditional models, as the reference's MNIST notebook): each image gets the
-training noise (x + noise_std·ε, or uniform dequantization), then the per-image training loss
-0.5·mean(z²) − logdet under every class y; the prediction is argmin_y. With K noise draws per image
-(`config.classify_noise_draws`) the loss under each class is the mean over the K draws, a Monte
-Carlo estimate of the expected loss under the noise: less noisy than one draw, so more accurate.
+training noise (`device_transforms.noised_batch`: Gaussian or uniform, as config.data says), then
+the per-image training loss under every class y; the prediction is argmin_y. With K noise draws per
+image (`config.classify_noise_draws`) the loss under each class is the mean over the K draws, a
+Monte Carlo estimate of the expected loss under the noise: less noisy than one draw, so more
+accurate.
 Same iteration and masking.
 The notebook's cell draws ε but then scores the clean images; the model is a density of *noisy*
 images, and clean ones (backgrounds at exactly −1) sit off it: on an undertrained default run clean
@@ -30,6 +29,7 @@ from flax import nnx
 
 from tarflow_flax import input_pipeline as data_lib
 from tarflow_flax import losses, sharding
+from tarflow_flax.input_pipeline import device_transforms
 
 
 def global_eval_batches(config, mesh, split: str | None, num_batches: int) -> Iterator:
@@ -43,7 +43,7 @@ def global_eval_batches(config, mesh, split: str | None, num_batches: int) -> It
 
 def masked_bpd_sums(model, images_uint8, mask, u):
   """(Σ bpd, Σ bpd², count) over the unmasked rows, dequantizing with the given noise u."""
-  x = data_lib.dequantize(images_uint8, u)
+  x = device_transforms.dequantize(images_uint8, u)
   z, logdets, _ = model(x)  # y = None, as the reference's evaluation.
   bpd = losses.bits_per_dim(z, logdets)
   w = mask.astype(jnp.float32)
@@ -54,7 +54,7 @@ def make_bpd_step(graphdef, mesh):
   """jit: (model state, uint8 images, mask, key) → (Σ bpd, Σ bpd², count) over unmasked rows."""
 
   def step(model_state, images, mask, key):
-    u = jax.random.uniform(key, images.shape, jnp.float32)
+    u = device_transforms.standard_draw(key, images.shape, "uniform")
     return masked_bpd_sums(nnx.merge(graphdef, model_state), images, mask, u)
 
   return jax.jit(step, out_shardings=sharding.replicated(mesh))
@@ -89,17 +89,11 @@ def evaluate_bpd(graphdef, model_state, config, mesh, *, split: str | None = Non
           "num_images": count / num_dequant, "num_dequant": num_dequant}
 
 
-def per_image_loss(z, logdets):
-  """The training loss of each image, (N,): 0.5·mean(z²) − logdet (losses.nll_loss per row)."""
-  z = z.astype(jnp.float32).reshape(z.shape[0], -1)
-  return 0.5 * jnp.mean(z**2, axis=1) - logdets
-
-
 def class_losses(model, x, num_classes: int):
   """(N, num_classes): every image's loss under every class label."""
   def loss_for(label):
     z, logdets, _ = model(x, jnp.full((x.shape[0],), label, jnp.int32))
-    return per_image_loss(z, logdets)
+    return losses.per_example_nll(z, logdets)
   return jax.lax.map(loss_for, jnp.arange(num_classes, dtype=jnp.int32)).T
 
 
@@ -112,11 +106,8 @@ def make_classify_step(graphdef, mesh, config):
     model = nnx.merge(graphdef, model_state)
 
     def losses_for_draw(key):
-      if data.noise_type == "gaussian":
-        x = images.astype(jnp.float32) / 127.5 - 1.0  # to_unit_range, traced.
-        x = x + data.noise_std * jax.random.normal(key, images.shape, jnp.float32)
-      else:
-        x = data_lib.dequantize(images, jax.random.uniform(key, images.shape, jnp.float32))
+      x = device_transforms.noised_batch(images, key, noise_type=data.noise_type,
+                                         noise_std=data.noise_std)
       return class_losses(model, x, num_classes)
 
     losses_ = jnp.mean(jax.lax.map(losses_for_draw, keys), axis=0)

@@ -1,4 +1,4 @@
-"""Training loss and bits per dimension, exactly as the reference (docs/numerics.md §4, §10)."""
+"""Training loss and bits per dimension, as the reference defines them (docs/numerics.md §4, §10)."""
 
 import math
 
@@ -9,18 +9,25 @@ LOG_BIN_WIDTH_INV = math.log(128.0)
 
 
 def nll_loss(z, logdets):
-  """0.5·mean(z²) over all elements − mean(logdets): per-dimension NLL up to constants."""
+  """The training loss: 0.5·mean(z²) over all elements − mean(logdets), the per-dimension NLL
+  up to constants, in the reference's op order."""
   z = z.astype(jnp.float32)
   return 0.5 * jnp.mean(z**2) - jnp.mean(logdets)
 
 
-def bits_per_dim(z, logdets):
-  """Per-example bits/dim of dequantized data in [-1, 1] under a standard-normal prior, (N,).
-
-  D = T·Cp = C·H·W. Follows evaluate_bpd.py's order of operations:
-  log p(z) = Σ −0.5·(z² + log 2π) − D·log 128;  bpd = (−log p(z)/D − logdets) / ln 2.
-  """
+def per_example_nll(z, logdets):
+  """The training loss of each example, (N,): 0.5·mean(z²) − logdet."""
   z = z.astype(jnp.float32).reshape(z.shape[0], -1)
-  num_dims = z.shape[1]
-  log_pz = jnp.sum(-0.5 * (z**2 + math.log(2 * math.pi)), axis=1) - num_dims * LOG_BIN_WIDTH_INV
-  return (-log_pz / num_dims - logdets) / math.log(2.0)
+  return 0.5 * jnp.mean(z**2, axis=1) - logdets
+
+
+def nll_to_bits_per_dim(nll):
+  """Bits/dim of dequantized data in [-1, 1] from the per-dimension NLL of `nll_loss` /
+  `per_example_nll` under a standard-normal prior: (nll + 0.5·log 2π + log 128) / ln 2."""
+  return (nll + 0.5 * math.log(2 * math.pi) + LOG_BIN_WIDTH_INV) / math.log(2.0)
+
+
+def bits_per_dim(z, logdets):
+  """Per-example bits/dim of dequantized data in [-1, 1], (N,) (the reference's evaluate_bpd.py,
+  whose −log p(z)/D − logdets is the per-example training loss plus the constants)."""
+  return nll_to_bits_per_dim(per_example_nll(z, logdets))

@@ -7,7 +7,6 @@ jit with explicit in/out shardings and buffer donation, no mutable module state 
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 import flax
@@ -17,7 +16,7 @@ import optax
 from flax import nnx
 
 from tarflow_flax import losses, models, optim, sharding
-from tarflow_flax.input_pipeline import preprocessing
+from tarflow_flax.input_pipeline import device_transforms
 from tarflow_flax.models.tarflow import PRIOR_LERP_WEIGHT
 
 
@@ -61,7 +60,7 @@ class Trainer:
     config = self.config
     params, rest = nnx.split_state(state.model, nnx.Param, ...)
     labels = batch["label"] if config.model.num_classes else None
-    images = preprocessing.noised_images(batch["image"], batch["index"], seed=config.seed,
+    images = device_transforms.noised_images(batch["image"], batch["index"], seed=config.seed,
                                          noise_type=config.data.noise_type,
                                          noise_std=config.data.noise_std)
     k = config.grad_accum_steps
@@ -102,7 +101,7 @@ class Trainer:
       ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, ema, model_state)
     metrics = {
         "loss": loss,
-        "bpd": (loss + 0.5 * math.log(2 * math.pi) + losses.LOG_BIN_WIDTH_INV) / math.log(2.0),
+        "bpd": losses.nll_to_bits_per_dim(loss),
         "prior": terms["prior"],
         "logdet": terms["logdet"],
         "block_logdets": terms["block_logdets"],

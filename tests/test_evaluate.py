@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from conftest import GOLDEN_DIR, tiny_config
-from tarflow_flax import checkpoint, convert, eval_lib, evaluate, models, runtime, sharding
+from tarflow_flax import checkpoint, convert, eval_lib, evaluate, losses, models, runtime, sharding
 
 GOLDEN = os.path.join(GOLDEN_DIR, "uncond_small.npz")
 
@@ -71,3 +71,17 @@ def test_evaluate_job_bpd_on_a_checkpoint(tmp_path, capsys):
       f"written to {out}")
   with pytest.raises(runtime.UserError, match="exactly one of --workdir or --checkpoint"):
     runtime.checkpoint_root(None, None)
+
+
+def test_the_training_bpd_metric_is_the_mean_evaluation_bpd():
+  """Train step's `bpd` (from the mean loss) and evaluation's per-image bits/dim: one formula."""
+  rng = np.random.default_rng(0)
+  z = rng.normal(size=(5, 16, 12)).astype(np.float32) * 1.3
+  logdets = rng.normal(size=(5,)).astype(np.float32) * 0.2
+  from_loss = losses.nll_to_bits_per_dim(losses.nll_loss(z, logdets))
+  assert float(from_loss) == pytest.approx(float(np.mean(losses.bits_per_dim(z, logdets))),
+                                           abs=1e-5)
+  # Independently: −log p(z)/D − logdet, over ln 2, with 256 bins of width 2/256.
+  direct = ((0.5 * np.mean(z.reshape(5, -1)**2, axis=1) + 0.5 * np.log(2 * np.pi)
+             + np.log(128.0) - logdets) / np.log(2.0))
+  np.testing.assert_allclose(losses.bits_per_dim(z, logdets), direct, rtol=1e-6)

@@ -13,14 +13,14 @@ from conftest import GOLDEN_DIR, read_scalars, tiny_config
 from tarflow_flax import checkpoint, config_lib, convert, finetune, losses, models, sharding
 from tarflow_flax import steps, train
 from tarflow_flax import input_pipeline as data_lib
-from tarflow_flax.input_pipeline import preprocessing
+from tarflow_flax.input_pipeline import device_transforms
 
 GOLDEN_PTH = os.path.join(GOLDEN_DIR, "uncond_small.pth")
 
 
 def _first_batch_loss(model, config) -> float:
   batch = next(data_lib.create_train_iterator(config, process_index=0, process_count=1))
-  images = preprocessing.noised_images(  # As the train step makes them from the uint8 batch.
+  images = device_transforms.noised_images(  # As the train step makes them from the uint8 batch.
       jnp.asarray(batch["image"]), jnp.asarray(batch["index"]), seed=config.seed,
       noise_type=config.data.noise_type, noise_std=config.data.noise_std)
   z, logdets, _ = model(images)

@@ -6,13 +6,16 @@ import subprocess
 import sys
 import textwrap
 
+import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
 from conftest import REPO, job_env, tiny_config
+from tarflow_flax import config_lib
 from tarflow_flax import input_pipeline as ip
-from tarflow_flax.input_pipeline import preprocessing, sources
+from tarflow_flax.input_pipeline import builders, datasets, device_transforms, preprocessing
+from tarflow_flax.input_pipeline import sources
 
 
 def _take(iterator, k):
@@ -30,7 +33,7 @@ def test_embedded_mnist_is_real_and_preprocessed():
   assert batch["label"].dtype == np.int32 and np.all(batch["label"] == 0)  # Unconditional.
   assert batch["index"].dtype == np.uint32 and len(set(batch["index"].tolist())) == 8
   # σ = 0: the device's images are the digits on the 256-level grid in [-1, 1].
-  x = np.asarray(preprocessing.noised_images(batch["image"], batch["index"], seed=0,
+  x = np.asarray(device_transforms.noised_images(batch["image"], batch["index"], seed=0,
                                              noise_type="gaussian", noise_std=0.0))
   np.testing.assert_allclose(x, batch["image"] / 127.5 - 1.0, atol=1e-6)
 
@@ -38,7 +41,7 @@ def test_embedded_mnist_is_real_and_preprocessed():
 @pytest.mark.parametrize("noise_type", ["gaussian", "uniform"])
 def test_device_noise_is_a_function_of_seed_and_example_index(noise_type):
   images = np.full((3, 4, 4, 1), 128, np.uint8)
-  noised = lambda idx, seed=0: np.asarray(preprocessing.noised_images(
+  noised = lambda idx, seed=0: np.asarray(device_transforms.noised_images(
       images, np.asarray(idx, np.uint32), seed=seed, noise_type=noise_type, noise_std=0.05))
   a = noised([5, 6, 7])
   # The same example index gets the same noise in any batch position; other indices differ.
@@ -49,6 +52,46 @@ def test_device_noise_is_a_function_of_seed_and_example_index(noise_type):
     assert np.all((a >= 0.0) & (a < 2 / 256))
   else:
     assert 0.02 < np.std(a - (128 / 127.5 - 1)) < 0.08
+
+
+@pytest.mark.parametrize("noise_type", ["gaussian", "uniform"])
+def test_train_and_evaluation_noise_are_one_transform(noise_type):
+  """The train step's per-example noise and the evaluations' per-batch noise are the same
+  transform of a standard draw: the formulas of docs/numerics.md §4 and §10."""
+  images = np.arange(2 * 4 * 4, dtype=np.uint8).reshape(2, 4, 4, 1) * 7
+  key = jax.random.key(3)
+  draw = np.asarray(device_transforms.standard_draw(key, images.shape, noise_type))
+  expected = (((images.astype(np.float32) + draw) / 256) * 2 - 1 if noise_type == "uniform"
+              else images.astype(np.float32) / 127.5 - 1.0 + np.float32(0.1) * draw)
+  batch = device_transforms.noised_batch(images, key, noise_type=noise_type, noise_std=0.1)
+  np.testing.assert_array_equal(np.asarray(batch), expected)
+  # The train step: example i's draw comes from its own key, through the same transform.
+  base = jax.random.fold_in(jax.random.key(0), device_transforms.NOISE_SALT)
+  own = jax.random.fold_in(base, 9)
+  row = device_transforms.noised_images(images[:1], np.asarray([9], np.uint32), seed=0,
+                                        noise_type=noise_type, noise_std=0.1)
+  single = device_transforms.noised_batch(images[0], own, noise_type=noise_type, noise_std=0.1)
+  np.testing.assert_array_equal(np.asarray(row[0]), np.asarray(single))
+
+
+def test_dataset_table_is_what_validation_and_sources_read(monkeypatch, tmp_path):
+  for name, dataset in datasets.DATASETS.items():
+    assert bool(dataset.tfds_name) != bool(dataset.project_builder), name
+    if dataset.project_builder:
+      assert issubclass(getattr(builders, dataset.project_builder), tfds.core.DatasetBuilder)
+    else:  # A TFDS builder known to the installed TFDS, without building anything.
+      config = tiny_config(**{"data.name": name, "data.data_dir": str(tmp_path)})
+      assert sources.builder_for(config.data).name == dataset.tfds_name.split("/")[0]
+  with pytest.raises(config_lib.ConfigError, match="data.name='my_set'"):
+    config_lib.validate(tiny_config(**{"data.name": "my_set"}))
+  # A new entry is all a dataset needs to pass validation and reach its builder.
+  monkeypatch.setitem(datasets.DATASETS, "my_set", datasets.Dataset(tfds_name="cifar10",
+                                                                     splits=("train", "test")))
+  config = tiny_config(**{"data.name": "my_set", "data.data_dir": str(tmp_path)})
+  config_lib.validate(config)
+  assert sources.builder_for(config.data).name == "cifar10"
+  with pytest.raises(ValueError, match="my_set has no split 'validation'"):
+    sources.check_split(config.data, "validation")
 
 
 def test_same_seed_same_batches_other_seed_other_order():
@@ -114,11 +157,11 @@ def test_eval_input_covers_the_split_exactly_once_with_padding():
 def test_uniform_dequantization_matches_the_reference_op_order():
   x = np.arange(256, dtype=np.uint8).reshape(16, 16, 1)
   u = np.random.default_rng(0).random(x.shape, dtype=np.float32)
-  np.testing.assert_array_equal(preprocessing.dequantize(x, u),
+  np.testing.assert_array_equal(device_transforms.dequantize(x, u),
                                 ((x.astype(np.float32) + u) / 256) * 2 - 1)
   config = tiny_config(**{"data.noise_type": "uniform"})
   batch = next(ip.create_train_iterator(config))
-  x = np.asarray(preprocessing.noised_images(batch["image"], batch["index"], seed=0,
+  x = np.asarray(device_transforms.noised_images(batch["image"], batch["index"], seed=0,
                                              noise_type="uniform", noise_std=0.0))
   assert -1.0 <= x.min() and x.max() < 1.0
 
@@ -194,7 +237,7 @@ def test_tfds_datasets_through_mock_data(name, size, channels, classes, tmp_path
                           "data.eval_split": "validation" if name != "cifar10" else "test"})
   # The build is mocked, but the archives are checked first: sparse stand-ins of their sizes.
   expected = sources.expected_archives(sources.builder_for(config.data))
-  for file_name in sources.MANUAL_FILES.get(name, ()):
+  for file_name in datasets.DATASETS[name].manual_files:
     with open(tmp_path / file_name, "wb") as f:
       f.truncate(int(expected[file_name].size) if file_name in expected else 0)
   with tfds.testing.mock_data(num_examples=20):

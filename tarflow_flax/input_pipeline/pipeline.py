@@ -51,7 +51,7 @@ class _Rows:
 def create_train_iterator(config, *, process_index=None, process_count=None):
   """Infinite iterator of this process's batches {'image': uint8 NHWC, 'label': int32,
   'index': uint32 global example index (the device draws the noise from it, see
-  preprocessing.noised_images), and with data.cond_key 'cond': f32 (N, cond_dim), NaN rows
+  device_transforms.noised_images), and with data.cond_key 'cond': f32 (N, cond_dim), NaN rows
   dropped}; supports get_state()/set_state()."""
   process_index, process_count = _process(process_index, process_count)
   local_batch = _local_batch(config, process_count)

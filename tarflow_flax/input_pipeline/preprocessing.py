@@ -1,7 +1,6 @@
 """Decode → resize/crop → flip → label dropout on the host (uint8 images; with `data.cond_key`,
-the continuous condition → float32 (cond_dim,), dropped to NaN); on the device: [-1, 1] and noise
-(Gaussian or uniform dequantization), drawn from a key folded from (seed, global example index),
-so a batch is the same wherever and whenever it is computed.
+the continuous condition → float32 (cond_dim,), dropped to NaN). Scaling to [-1, 1] and the noise
+happen on the device (device_transforms.py).
 
 Resizing follows the reference loader (torchvision Resize(size) + CenterCrop(size) on PIL images):
 the shorter side is resized to `image_size` with antialiased bilinear filtering, then the centre is
@@ -11,21 +10,7 @@ with 2 black pixels per side to 32x32 first, the usual way to fit them to a powe
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-
-NOISE_SALT = 0x4E01  # Separates the on-device noise stream from the host's flip/label stream.
-
-
-def to_unit_range(x_uint8) -> np.ndarray:
-  """uint8 in [0, 255] → float32 in [-1, 1]."""
-  return np.asarray(x_uint8, np.float32) / 127.5 - 1.0
-
-
-def dequantize(x_uint8, u):
-  """Uniform dequantization, in the reference's op order: ((x + u)/256)·2 − 1 (numpy or jax)."""
-  return ((x_uint8.astype(np.float32) + u) / 256) * 2 - 1
 
 
 def resize_and_crop(image: np.ndarray, size: int) -> np.ndarray:
@@ -107,16 +92,3 @@ class Preprocessor:
       raise ValueError(f"config.data.cond_key={self.cond_key!r} has {value.size} values per "
                        f"example, config.model.cond_dim={self.cond_dim}")
     return value
-
-
-def noised_images(images_uint8, indices, *, seed: int, noise_type: str, noise_std: float):
-  """On the device: uint8 (N, H, W, C) → float32 in [-1, 1] plus noise, example i's noise drawn
-  from fold_in(key(seed, NOISE_SALT), indices[i]). Traceable (used inside the train step)."""
-  base = jax.random.fold_in(jax.random.key(seed), NOISE_SALT)
-  keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(indices)
-  shape = images_uint8.shape[1:]
-  if noise_type == "uniform":
-    u = jax.vmap(lambda k: jax.random.uniform(k, shape, jnp.float32))(keys)
-    return dequantize(images_uint8, u)
-  noise = jax.vmap(lambda k: jax.random.normal(k, shape, jnp.float32))(keys)
-  return images_uint8.astype(jnp.float32) / 127.5 - 1.0 + jnp.float32(noise_std) * noise

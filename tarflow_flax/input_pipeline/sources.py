@@ -1,13 +1,7 @@
 """Random-access TFDS sources (ArrayRecord via `tfds.data_source`) selected by config.data.name.
 
-| config.data.name      | TFDS builder                          | files the user provides (manual_dir) |
-|-----------------------|---------------------------------------|--------------------------------------|
-| mnist_embedded        | project builder, ships with the package | nothing                            |
-| downsampled_imagenet  | `downsampled_imagenet/64x64` (van den Oord et al., the bits/dim benchmark) | train_64x64.tar, valid_64x64.tar |
-| imagenet2012          | `imagenet2012`                        | ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar |
-| imagenet_resized      | `imagenet_resized/64x64` (Chrabaszcz et al.) | Imagenet64_{train_part1,train_part2,val}_npz.zip |
-| cifar10               | `cifar10`                             | a prepared TFDS data_dir (no download here) |
-| image_folder          | project builder                       | one subfolder per class              |
+The datasets, their TFDS builders and the archives a user provides are one table:
+`input_pipeline/datasets.py` (docs/data.md has the user's view).
 
 Nothing is downloaded. A local data_dir: a dataset not prepared there is built from manual_dir
 once (ArrayRecord); in a multi-process job process 0 builds and the others wait for its result (the
@@ -32,31 +26,8 @@ from etils import epath
 from tensorflow_datasets.core.download import download_manager
 
 from tarflow_flax.input_pipeline import builders
+from tarflow_flax.input_pipeline.datasets import DATASETS
 
-_TFDS_NAMES = {
-    "downsampled_imagenet": "downsampled_imagenet/64x64",
-    "imagenet2012": "imagenet2012",
-    "imagenet_resized": "imagenet_resized/64x64",
-    "cifar10": "cifar10",
-}
-_PROJECT_BUILDERS = {"mnist_embedded": builders.MnistEmbedded,
-                     "image_folder": builders.ImageFolder}
-# The archives each dataset is built from, by the exact names TFDS looks for in manual_dir (sizes
-# and checksums, where TFDS has them, come from its builders' checksums.tsv).
-MANUAL_FILES = {
-    "downsampled_imagenet": ("train_64x64.tar", "valid_64x64.tar"),
-    "imagenet2012": ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar"),
-    "imagenet_resized": ("Imagenet64_train_part1_npz.zip", "Imagenet64_train_part2_npz.zip",
-                         "Imagenet64_val_npz.zip"),
-}
-# The splits each builder writes, to check a split name before anything is built.
-_SPLITS = {
-    "mnist_embedded": ("train", "test"),
-    "downsampled_imagenet": ("train", "validation"),
-    "imagenet2012": ("train", "validation", "test"),
-    "imagenet_resized": ("train", "validation"),
-    "cifar10": ("train", "test"),
-}
 # TFDS takes a dataset version folder as prepared once this file is there
 # (tfds.core.utils.file_utils.is_valid_variant_dir): it is written, or uploaded, last.
 PREPARED_MARKER = "dataset_info.json"
@@ -93,12 +64,13 @@ def builder_for(data_config, data_dir=None):
     return builders.ImageFolder(folder=data_config.manual_dir, listing=listing,
                                 data_dir=data_dir / f"folder_{builders.fingerprint(listing)}",
                                 file_format="array_record")
-  if name in _PROJECT_BUILDERS:
-    return _PROJECT_BUILDERS[name](data_dir=data_dir, file_format="array_record")
-  if name not in _TFDS_NAMES:
-    raise ValueError(f"config.data.name={name!r}: unknown dataset; one of "
-                     f"{sorted(list(_TFDS_NAMES) + list(_PROJECT_BUILDERS))}")
-  return tfds.builder(_TFDS_NAMES[name], data_dir=data_dir, file_format="array_record")
+  if name not in DATASETS:
+    raise ValueError(f"config.data.name={name!r}: unknown dataset; one of {sorted(DATASETS)}")
+  dataset = DATASETS[name]
+  if dataset.project_builder:
+    return getattr(builders, dataset.project_builder)(data_dir=data_dir,
+                                                      file_format="array_record")
+  return tfds.builder(dataset.tfds_name, data_dir=data_dir, file_format="array_record")
 
 
 def is_prepared(builder) -> bool:
@@ -114,7 +86,7 @@ def expected_archives(builder) -> dict:
 
 
 def _manual_files_text(name: str) -> str:
-  *first, last = MANUAL_FILES[name]
+  *first, last = DATASETS[name].manual_files
   return f"{', '.join(first)} and {last}"
 
 
@@ -132,7 +104,7 @@ def check_manual_files(builder, data_config) -> None:
         f"config.data.manual_dir={manual_dir!r} is not a directory: put "
         f"{_manual_files_text(name)} in a folder and pass --config.data.manual_dir=FOLDER")
   expected = expected_archives(builder)
-  for file_name in MANUAL_FILES[name]:
+  for file_name in DATASETS[name].manual_files:
     path, info = epath.Path(manual_dir) / file_name, expected.get(file_name)
     if not path.exists():
       raise FileNotFoundError(f"{name}: {path} is missing (expected {_describe(info)}; "
@@ -156,7 +128,8 @@ def checksum_error(builder, data_config, error) -> DataError:
 def build(builder, data_config) -> None:
   """Builds `builder` into its (local) data_dir, in this process."""
   manual_dir = data_config.manual_dir
-  if data_config.name in MANUAL_FILES:
+  dataset = DATASETS[data_config.name]
+  if dataset.manual_files:
     check_manual_files(builder, data_config)
   logging.info("Building %s into %s", data_config.name, builder.data_path)
   config = tfds.download.DownloadConfig(manual_dir=manual_dir, try_download_gcs=False)
@@ -171,13 +144,13 @@ def build(builder, data_config) -> None:
     raise DataError(f"could not build {data_config.name}: {type(e).__name__}: {str(e)[:300]}") \
         from e
   except Exception as e:
-    if data_config.name in MANUAL_FILES:
+    if dataset.manual_files:
       what = f"from manual_dir={manual_dir!r} (expected {_manual_files_text(data_config.name)})"
-    elif data_config.name in _PROJECT_BUILDERS:
+    elif dataset.project_builder:
       what = f"into {builder.data_path}"
     else:
       what = ("by download (offline? prepare it elsewhere with `tfds build "
-              f"{_TFDS_NAMES[data_config.name]} --file_format=array_record` and point "
+              f"{dataset.tfds_name} --file_format=array_record` and point "
               "config.data.data_dir at the copy)")
     raise DataError(f"could not build {data_config.name} {what}: "
                     f"{type(e).__name__}: {str(e)[:300]}") from e
@@ -261,7 +234,7 @@ def check_split(data_config, split: str) -> None:
   elif data_config.name == "image_folder":
     known = list(builders.scan_image_folder(data_config.manual_dir))
   else:
-    known = list(_SPLITS.get(data_config.name, ()))
+    known = list(DATASETS[data_config.name].splits)
   if known and _base_split(split) not in known:  # Empty under tfds mock_data: nothing to check.
     raise ValueError(f"{data_config.name} has no split {split!r}; it has {sorted(known)} "
                      "(set --config.data.eval_split / train_split)")

@@ -29,6 +29,7 @@ from ml_collections import config_flags
 
 import common  # benchmarks/common.py (the script's own folder is on sys.path)
 from tarflow_flax import config_lib, convert, losses, models, sharding, steps
+from tarflow_flax.models import tarflow_config
 from tarflow_flax.sampling import sequential
 
 ROWS = (  # (label, image size, patch, batch, classes, guidance)
@@ -135,7 +136,7 @@ def run_row(row, reference) -> dict:
   if reference:
     torch = reference[0]
     theirs = Theirs(torch, reference[1], config, config.data.noise_std)
-    kwargs = models.model_kwargs(config)
+    kwargs = tarflow_config.model_kwargs(config)
     for key in ("cond_dim", "soft_clip"):  # Not in reference checkpoints.
       kwargs.pop(key)
     nnx.update(model, nnx.state(convert.model_from_torch_state_dict(theirs.state_dict(),

@@ -1,6 +1,6 @@
 """The Orbax checkpoint layout, and every way of reading it: train resume (`restore_train_state`),
-a model for sampling, evaluation and tests (`load_model`); fine-tuning reads the same items
-(finetune.py).
+a model for sampling, evaluation, conversion checks and tests (`load_model`), and the weights a
+fine-tuning run starts from (`load_init_weights`, for `config.init_from`).
 
 A checkpoint directory is an Orbax `CheckpointManager` root; each step holds the items
   model  nnx.State of the TarFlow (parameters and the prior variance `var`)
@@ -17,6 +17,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import ml_collections
+from absl import logging
 from etils import epath
 import orbax.checkpoint as ocp
 # Not exported by orbax.checkpoint: the registry object and the default array metadata store.
@@ -162,8 +163,9 @@ def check_same_model(directory, step: int, config) -> None:
   """Refuses to resume a checkpoint written for another model (one line naming the keys)."""
   _, meta = read_meta(directory, step)
   saved = config_from_meta(meta)
+  runtime_only = models.family(config).runtime_only_keys
   changed = sorted(k for k in set(saved.model) | set(config.model)
-                   if k not in config_lib.RUNTIME_ONLY_MODEL_KEYS
+                   if k not in runtime_only
                    and saved.model.get(k) != config.model.get(k))
   if saved.image_size != config.image_size:
     changed.insert(0, "image_size")
@@ -184,3 +186,92 @@ def restore_train_state(mngr: ocp.CheckpointManager, step: int, target, config) 
         f"cannot resume from {mngr.directory} step {step}: the step is unreadable "
         f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); delete that step's folder to "
         "resume from the one before it") from e
+
+
+# -- fine-tuning: another run's (or a converted) weights into a fresh training state -------------
+
+def _key_name(key) -> str:
+  for attr in ("key", "idx", "name"):
+    if hasattr(key, attr):
+      return str(getattr(key, attr))
+  return str(key)
+
+
+def _name(path) -> str:
+  """'blocks.0.proj_in.kernel' for a pytree key path of an nnx.State or a stored tree."""
+  names = [_key_name(k) for k in path]
+  if names and names[-1] == "value":  # How nnx Variables appear once stored.
+    names = names[:-1]
+  return ".".join(names)
+
+
+def _flat_names(tree) -> dict[str, Any]:
+  return {_name(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def checkpoint_root(path) -> epath.Path:
+  """A workdir's `checkpoints/`, or `path` itself when it is a checkpoint root."""
+  root = paths.path(path)
+  return root / "checkpoints" if (root / "checkpoints").exists() else root
+
+
+def _init_from_error(path, rule: str) -> config_lib.ConfigError:
+  return config_lib.ConfigError(f"config.init_from={path!r}: {rule}")
+
+
+def _check_compatible(path, item: str, stored: dict[str, Any], fresh: dict[str, Any],
+                      neutral_when_absent) -> None:
+  """Same parameter names and shapes, except those the checkpoint may lack (neutral ones)."""
+  for name, meta in stored.items():
+    if name not in fresh:
+      raise _init_from_error(path, f"{item} parameter '{name}' {tuple(meta.shape)} does not "
+                             "exist in this config's model")
+    if tuple(meta.shape) != tuple(fresh[name].shape):
+      raise _init_from_error(path, f"{item} parameter '{name}' has shape {tuple(meta.shape)} "
+                             f"there, this config's model expects {tuple(fresh[name].shape)}")
+  for name in fresh:
+    if name not in stored and not any(part in name.split(".") for part in neutral_when_absent):
+      raise _init_from_error(path, f"{item} parameter '{name}' {tuple(fresh[name].shape)} is "
+                             "missing there")
+
+
+def load_init_weights(path, model_state, ema_state, *, neutral_when_absent=()):
+  """(model, ema) states with the weights of `path`'s latest step (a workdir or a checkpoint root,
+  local or gs://), restored straight into the shardings of the given (fresh, sharded) states.
+
+  Parameters must match by name and shape, except those named in `neutral_when_absent` (the
+  model family's), which keep their fresh initialisation when the checkpoint lacks them. `ema`
+  takes the checkpoint's EMA when it has one, else its model weights; None stays None.
+  """
+  root = checkpoint_root(path)
+  if not root.exists():
+    raise _init_from_error(path, "no such directory")
+  with manager(root, create=False) as mngr:
+    step = mngr.latest_step()
+    if step is None:
+      raise _init_from_error(path, f"no checkpoint steps under {root}")
+    items = [MODEL]
+    if ema_state is not None and (root / str(step) / EMA).exists():
+      items.append(EMA)
+    fresh = _flat_names(model_state)
+    targets = {}
+    for item in items:
+      tree = ocp.StandardCheckpointer().metadata(root / str(step) / item).item_metadata.tree
+      _check_compatible(path, item, _flat_names(tree), fresh, neutral_when_absent)
+      # Restore straight into this run's shardings, in the stored tree's own structure.
+      targets[item] = jax.tree_util.tree_map_with_path(
+          lambda p, meta: jax.ShapeDtypeStruct(meta.shape, meta.dtype,
+                                               sharding=fresh[_name(p)].sharding), tree)
+    restored = mngr.restore(step, args=ocp.args.Composite(
+        **{item: ocp.args.StandardRestore(target) for item, target in targets.items()}))
+
+  def replaced(tree, item):
+    values = _flat_names(restored[item])
+    names = iter(_flat_names(tree))
+    return jax.tree.map(lambda leaf: values.get(next(names), leaf), tree)
+
+  model = replaced(model_state, MODEL)
+  ema = None if ema_state is None else replaced(ema_state, EMA if EMA in restored else MODEL)
+  logging.info("Fine-tuning from %s step %d (%s); optimizer, data and step start fresh", root,
+               step, " + ".join(items))
+  return model, ema

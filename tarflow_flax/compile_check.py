@@ -29,7 +29,7 @@ from flax import nnx
 
 from tarflow_flax import config_lib, flops, gpu_targets, job_flags, models, runtime, sharding
 from tarflow_flax import steps
-from tarflow_flax.models import attention, transformer
+from tarflow_flax.models import attention, tarflow_config, transformer
 from tarflow_flax.sampling import api as sampling_api
 
 # HBM per chip (GiB) by device kind prefix (longest prefix wins).
@@ -292,7 +292,7 @@ def check_sample(config, topology: str, batch: int | None = None) -> list[dict]:
   for name, segment in (("sequential_token_step", 1), ("gs_jacobi_sweep", sweep)):
     lowered, mesh, resolved = lower_sampler_steps(config, devices, batch, segment)
     compiled, compile_s, options = _compile(lowered)
-    depth = max(config_lib.block_depths(resolved.model))
+    depth = max(tarflow_config.block_depths(resolved.model))
     result = report(compiled, topology=topology, devices=devices, mesh=mesh, batch=batch,
                     compile_s=compile_s, compiler_options=options,
                     model_flops=batch * flops.block_step_flops(resolved, depth, segment),

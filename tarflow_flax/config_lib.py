@@ -9,19 +9,12 @@ from __future__ import annotations
 
 import ml_collections
 
+from tarflow_flax import models
 from tarflow_flax.input_pipeline import datasets, device_transforms
 
-HEAD_DIM = 64  # Fixed by the reference: heads = channels // 64.
-COMPUTE_DTYPES = ("float32", "bfloat16")
-ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn", "splash")
-REMAT_POLICIES = ("full", "save_matmuls")
 # The samplers (their table: sampling/api.py) and what classifier-free guidance pushes.
 SAMPLE_METHODS = ("sequential", "jacobi", "gs_jacobi", "auto")
 GUIDE_WHAT = ("", "a", "b", "ab")
-# `config.model` keys that choose how the model runs, not which weights it has (the parameter tree
-# is the same stacked tree whatever their values): a run may resume, fine-tune or load converted
-# weights with any of them changed.
-RUNTIME_ONLY_MODEL_KEYS = ("dtype", "remat", "remat_policy", "attention", "scan_layers")
 
 
 class ConfigError(ValueError):
@@ -35,6 +28,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.image_size = 16
 
   c.model = ml_collections.ConfigDict()
+  # The model family (models.FAMILIES); the other model keys are that family's (TarFlow's below).
+  c.model.name = "tarflow"
   c.model.in_channels = 3
   c.model.patch_size = 4
   c.model.channels = 64          # Transformer width; a multiple of 64 (head width 64).
@@ -164,46 +159,12 @@ def _fail(key: str, rule: str, value) -> None:
   raise ConfigError(f"config.{key}={value!r}: {rule}")
 
 
-def block_depths(model_config) -> tuple[int, ...]:
-  """Per-block layer counts from `layers_per_block` (an int or a sequence)."""
-  lpb = model_config.layers_per_block
-  if isinstance(lpb, int):
-    return (lpb,) * model_config.num_blocks
-  return tuple(int(d) for d in lpb)
-
-
-def validate_model(m, image_size: int) -> None:
-  """Checks the model keys; raises ConfigError naming the first broken rule."""
-  if m.in_channels < 1:
-    _fail("model.in_channels", "must be >= 1", m.in_channels)
-  if m.patch_size < 1 or image_size % m.patch_size:
-    _fail("image_size", f"must be divisible by model.patch_size={m.patch_size}", image_size)
-  if m.channels < HEAD_DIM or m.channels % HEAD_DIM:
-    _fail("model.channels", f"must be a positive multiple of the head width {HEAD_DIM}",
-          m.channels)
-  if m.num_blocks < 1:
-    _fail("model.num_blocks", "must be >= 1", m.num_blocks)
-  depths = block_depths(m)
-  if len(depths) != m.num_blocks or min(depths) < 1:
-    _fail("model.layers_per_block",
-          f"must be an int >= 1 or {m.num_blocks} ints >= 1 (one per block)", m.layers_per_block)
-  if m.num_classes < 0:
-    _fail("model.num_classes", "must be >= 0", m.num_classes)
-  if m.dtype not in COMPUTE_DTYPES:
-    _fail("model.dtype", f"must be one of {COMPUTE_DTYPES}", m.dtype)
-  if getattr(m, "remat_policy", "full") not in REMAT_POLICIES:
-    _fail("model.remat_policy", f"must be one of {REMAT_POLICIES}", m.remat_policy)
-  if getattr(m, "attention", "auto") not in ATTENTION_IMPLEMENTATIONS:
-    _fail("model.attention", f"must be one of {ATTENTION_IMPLEMENTATIONS}", m.attention)
-  if getattr(m, "cond_dim", 0) < 0:
-    _fail("model.cond_dim", "must be >= 0 (0: no continuous conditioning)", m.cond_dim)
-  if getattr(m, "soft_clip", 0.0) < 0:
-    _fail("model.soft_clip", "must be >= 0 (0: off)", m.soft_clip)
-
-
 def validate(c: ml_collections.ConfigDict) -> None:
   """Checks a whole config; raises ConfigError with one line naming key and rule."""
-  validate_model(c.model, c.image_size)
+  try:
+    models.family(c).validate(c.model, c.image_size)
+  except models.ModelConfigError as e:
+    raise ConfigError(str(e)) from None
   if c.data.name not in datasets.DATASETS:
     _fail("data.name", f"must be one of {datasets.names()}", c.data.name)
   if c.data.noise_type not in device_transforms.NOISE_TYPES:

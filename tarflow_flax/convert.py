@@ -21,7 +21,7 @@ from absl import flags
 from flax import nnx
 
 from tarflow_flax import checkpoint, config_lib, job_flags, runtime, sharding
-from tarflow_flax.models import TarFlow
+from tarflow_flax.models import TarFlow, tarflow_config
 from tarflow_flax.torch_io import UnsafePickleError, load_torch_state_dict
 
 __all__ = ["load_torch_state_dict", "model_from_torch_state_dict", "token_permutation",
@@ -106,11 +106,11 @@ def model_from_torch_state_dict(state_dict: dict[str, np.ndarray], *, in_channel
                                 **runtime_options) -> TarFlow:
   """A float32-parameter TarFlow holding the reference state_dict's weights.
 
-  runtime_options: any of `config_lib.RUNTIME_ONLY_MODEL_KEYS` (dtype, remat, ...), passed to the
+  runtime_options: any of `tarflow_config.RUNTIME_ONLY_KEYS` (dtype, remat, ...), passed to the
   model; they do not change which weights it has.
   Raises StateDictMismatchError naming the first missing, unexpected or mis-shaped key.
   """
-  unknown = set(runtime_options) - set(config_lib.RUNTIME_ONLY_MODEL_KEYS)
+  unknown = set(runtime_options) - set(tarflow_config.RUNTIME_ONLY_KEYS)
   if unknown:
     raise TypeError(f"not runtime-only model options: {sorted(unknown)}")
   kwargs = dict(in_channels=in_channels, img_size=img_size, patch_size=patch_size,
@@ -146,8 +146,10 @@ def model_from_torch_state_dict(state_dict: dict[str, np.ndarray], *, in_channel
 
 def model_from_pth(path: str, config) -> TarFlow:
   """Reads a `.pth` and builds the config's model from it (compute dtype from the config)."""
-  from tarflow_flax.models import model_kwargs  # pylint: disable=g-import-not-at-top
-  kwargs = model_kwargs(config)
+  if config.model.name != "tarflow":
+    raise config_lib.ConfigError(f"config.model.name={config.model.name!r}: reference "
+                                 "checkpoints are TarFlow models ('tarflow')")
+  kwargs = tarflow_config.model_kwargs(config)
   kwargs.pop("soft_clip")  # Not a weight: the saved config carries it to whoever loads.
   if kwargs.pop("cond_dim"):
     raise config_lib.ConfigError("config.model.cond_dim: reference checkpoints have no AdaLN "

@@ -12,7 +12,7 @@ with remat_policy 'save_matmuls' only the attention matmuls (QKᵀ, PV) are reco
 
 from __future__ import annotations
 
-from tarflow_flax import config_lib
+from tarflow_flax.models import tarflow_config
 
 # Dense bfloat16 peak TFLOP/s per chip / GPU, by `jax.devices()[0].device_kind` prefix.
 PEAK_TFLOPS = {
@@ -42,7 +42,7 @@ def forward_flops_per_image(config) -> float:
   m = config.model
   tokens, token_dim, c, out_dim = _dims(config)
   total = 0.0
-  for depth in config_lib.block_depths(m):
+  for depth in tarflow_config.block_depths(m):
     total += 2 * tokens * token_dim * c + 2 * tokens * c * out_dim
     total += depth * 24 * tokens * c * c
   return total + attention_flops_per_image(config)
@@ -51,7 +51,7 @@ def forward_flops_per_image(config) -> float:
 def attention_flops_per_image(config) -> float:
   """The forward's QKᵀ and PV FLOPs for one image (causal: half of the full T×T products)."""
   tokens, _, c, _ = _dims(config)
-  return sum(config_lib.block_depths(config.model)) * 2 * tokens * tokens * c
+  return sum(tarflow_config.block_depths(config.model)) * 2 * tokens * tokens * c
 
 
 def train_flops_per_image(config) -> float:
@@ -99,7 +99,7 @@ def num_params(config) -> int:
   if m.cond_dim:  # AdaLN: a C → 4C Linear per layer (scale and shift of both LayerNorms).
     per_layer += 4 * c * c + 4 * c
   total = 0
-  for depth in config_lib.block_depths(m):
+  for depth in tarflow_config.block_depths(m):
     total += token_dim * c + c + tokens * c + m.num_classes * c + c * out_dim + out_dim
     if m.cond_dim:  # The condition's embedding Linear and the learned null embedding.
       total += m.cond_dim * c + c + c

@@ -17,7 +17,6 @@ from flax import nnx
 
 from tarflow_flax import losses, models, optim, sharding
 from tarflow_flax.input_pipeline import device_transforms
-from tarflow_flax.models.tarflow import PRIOR_LERP_WEIGHT
 
 
 @flax.struct.dataclass
@@ -43,17 +42,15 @@ class Trainer:
     return TrainState(step=jnp.zeros((), jnp.int32), model=model_state,
                       opt_state=self.tx.init(params), ema=ema)
 
+  @property
+  def family(self) -> models.ModelFamily:
+    return models.family(self.config)
+
   def _loss(self, params, rest, images, labels, cond=None):
+    """The family's loss; (logged values, update statistics) ride along as aux."""
     model = nnx.merge(self.graphdef, compute_dtype_kernels(params, self.config.model.dtype), rest)
-    z, logdets, aux = model(images, labels, cond)
-    loss = losses.nll_loss(z, logdets)
-    terms = {
-        "prior": 0.5 * jnp.mean(jnp.square(z)),
-        "logdet": jnp.mean(logdets),
-        "block_logdets": jnp.stack([jnp.mean(l) for l in aux["block_logdets"]]),
-        "z2": jnp.mean(jnp.square(jax.lax.stop_gradient(z)), axis=0),
-    }
-    return loss, terms
+    loss, logged, stats = self.family.loss(model, images, labels, cond)
+    return loss, (logged, stats)
 
   def train_step(self, state: TrainState, batch) -> tuple[TrainState, dict]:
     """One optimizer step on a global batch, accumulated over `grad_accum_steps` micro-batches."""
@@ -67,7 +64,7 @@ class Trainer:
     cond = batch["cond"] if config.model.cond_dim else None  # AdaLN conditions (N, cond_dim).
     grad_fn = jax.value_and_grad(self._loss, has_aux=True)
     if k == 1:
-      (loss, terms), grads = grad_fn(params, rest, images, labels, cond)
+      (loss, aux), grads = grad_fn(params, rest, images, labels, cond)
     else:
       # Micro-batch j takes rows j, j+k, j+2k, ... : (B, ...) → (B/k, k, ...) keeps each device's
       # rows on that device (no collective-permute / all-gather of the images, unlike (k, B/k)).
@@ -86,12 +83,12 @@ class Trainer:
       zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, params, rest, first["image"],
                                                           first["label"], first["cond"]))
       totals = jax.lax.fori_loop(0, k, micro_step, zeros)
-      (loss, terms), grads = jax.tree.map(lambda a: a / k, totals)
+      (loss, aux), grads = jax.tree.map(lambda a: a / k, totals)
 
     updates, opt_state = self.tx.update(grads, state.opt_state, params)
     params = optax.apply_updates(params, updates)
-    if not config.model.nvp:  # VP prior: var ← var + 0.1·(mean over the global batch of z² − var)
-      rest = jax.tree.map(lambda v: v + PRIOR_LERP_WEIGHT * (terms["z2"] - v), rest)
+    logged, stats = aux
+    rest = self.family.update(config.model, rest, stats)  # E.g. TarFlow's VP prior variance.
     model_state = nnx.merge_state(params, rest)
     ema = state.ema
     if ema is not None:
@@ -102,9 +99,7 @@ class Trainer:
     metrics = {
         "loss": loss,
         "bpd": losses.nll_to_bits_per_dim(loss),
-        "prior": terms["prior"],
-        "logdet": terms["logdet"],
-        "block_logdets": terms["block_logdets"],
+        **logged,
         "grad_norm": optax.tree.norm(grads),
         "learning_rate": optim.learning_rate_schedule(config)(state.step),
     }

@@ -21,7 +21,6 @@ from tarflow_flax import checkpoint, config_lib, eval_lib, flops, optim, progres
 from tarflow_flax import sharding, steps
 from tarflow_flax import input_pipeline as data_lib
 from tarflow_flax import visualize
-from tarflow_flax import finetune
 from tarflow_flax.sampling import batches as sample_batches
 from tarflow_flax.sampling import settings as sample_settings
 from tarflow_flax.sampling.trace import sample_trace
@@ -33,12 +32,36 @@ class NonFiniteLossError(FloatingPointError):
   """Training produced a NaN/inf loss or gradient; the last good checkpoint is kept."""
 
 
+def init_train_state(trainer: steps.Trainer, mesh, shardings) -> steps.TrainState:
+  """The trainer's fresh state: seed initialisation, then `config.init_from`'s weights if set
+  (fine-tuning: new optimizer state, data from the start, step 0)."""
+  state = steps.init_train_state(trainer, mesh, shardings)
+  if trainer.config.init_from:
+    model, ema = checkpoint.load_init_weights(
+        trainer.config.init_from, state.model, state.ema,
+        neutral_when_absent=trainer.family.neutral_when_absent)
+    state = state.replace(model=model, ema=ema)
+  return state
+
+
+def train_scalars(means: dict) -> dict[str, float]:
+  """TensorBoard scalars of the step metrics: `train/<name>`, and `train/<name>_<i>` for each
+  entry of a vector (e.g. TarFlow's per-block log-dets, `train/logdet_block_<i>`)."""
+  scalars = {}
+  for name, value in means.items():
+    if np.ndim(value) == 0:
+      scalars[f"train/{name}"] = float(value)
+    else:
+      scalars.update({f"train/{name}_{i}": float(v) for i, v in enumerate(np.ravel(value))})
+  return scalars
+
+
 def _restore_or_init(mngr, trainer, abstract_model, shardings, mesh, train_iter, config):
   """Resumes from the latest checkpoint (onto the current mesh) or initialises step 0."""
   latest = mngr.latest_step()
   if latest is None:
     logging.info("No checkpoint in the workdir: initialising from config.seed=%d", config.seed)
-    return finetune.init_train_state(trainer, mesh, shardings)  # Seed init or config.init_from.
+    return init_train_state(trainer, mesh, shardings)  # Seed init or config.init_from.
   abstract_state = jax.eval_shape(trainer.init_state, abstract_model)
   target = sharding.abstract_on(abstract_state, shardings)
   restored = checkpoint.restore_train_state(mngr, latest, target, config)
@@ -228,9 +251,7 @@ def train_and_evaluate(config, workdir) -> dict[str, float]:
       pace.advance()
       if do_log:
         _check_finite(step, means, last_saved, config.grad_clip_norm)
-        scalars = {f"train/{k}": float(v) for k, v in means.items() if k != "block_logdets"}
-        scalars.update({f"train/logdet_block_{i}": float(v)
-                        for i, v in enumerate(means["block_logdets"])})
+        scalars = train_scalars(means)
         steps_per_sec = pace.window_rate()
         if steps_per_sec:
           images_per_sec = steps_per_sec * config.batch_size

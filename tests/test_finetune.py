@@ -10,8 +10,7 @@ import pytest
 from flax import nnx
 
 from conftest import GOLDEN_DIR, read_scalars, tiny_config
-from tarflow_flax import checkpoint, config_lib, convert, finetune, losses, models, sharding
-from tarflow_flax import steps, train
+from tarflow_flax import checkpoint, config_lib, convert, losses, models, sharding, steps, train
 from tarflow_flax import input_pipeline as data_lib
 from tarflow_flax.input_pipeline import device_transforms
 
@@ -78,7 +77,7 @@ def test_from_another_runs_workdir_with_ema(tmp_path):
 
   # The fresh state holds both the model and the EMA weights of run a, at step 0.
   trainer, mesh, shardings = _fresh_state(second)
-  state = finetune.init_train_state(trainer, mesh, shardings)
+  state = train.init_train_state(trainer, mesh, shardings)
   assert int(state.step) == 0
   for got, want in ((state.model, nnx.state(trained)), (state.ema, nnx.state(ema))):
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
@@ -94,14 +93,14 @@ def test_shape_mismatch_names_the_parameter_and_adaln_may_be_absent(tmp_path):
   with pytest.raises(config_lib.ConfigError,
                      match=r"init_from=.*parameter 'blocks\.0\.\S+' has shape \(.*64.*\) there, "
                            r"this config's model expects \(.*128.*\)"):
-    finetune.init_train_state(*_fresh_state(wider))
+    train.init_train_state(*_fresh_state(wider))
 
   # An unconditional model into an AdaLN one: AdaLN parameters keep their neutral fresh init,
   # so the fine-tuned model starts as exactly the loaded one.
   cond = tiny_config(**{"model.cond_dim": 1, "data.cond_key": "ink",
                         "init_from": str(tmp_path / "ckpt")})
   trainer, mesh, shardings = _fresh_state(cond)
-  state = finetune.init_train_state(trainer, mesh, shardings)
+  state = train.init_train_state(trainer, mesh, shardings)
   loaded = nnx.merge(trainer.graphdef, state.model)
   x = jax.random.uniform(jax.random.key(0), (2, 16, 16, 1), minval=-1, maxval=1)
   want, _, _ = model(x)
@@ -109,4 +108,4 @@ def test_shape_mismatch_names_the_parameter_and_adaln_may_be_absent(tmp_path):
   np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
   with pytest.raises(config_lib.ConfigError, match="init_from=.*no such directory"):
-    finetune.init_train_state(*_fresh_state(tiny_config(init_from=str(tmp_path / "nowhere"))))
+    train.init_train_state(*_fresh_state(tiny_config(init_from=str(tmp_path / "nowhere"))))

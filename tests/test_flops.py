@@ -6,6 +6,7 @@ import pytest
 from flax import nnx
 
 from tarflow_flax import config_lib, flops, models
+from tarflow_flax.models import tarflow_config
 
 
 def _config(**model):
@@ -27,7 +28,7 @@ def test_param_count_matches_the_model(nvp):
 def _xla_forward_flops(c):
   # Unrolled layers: XLA's cost analysis counts a scan body once, not once per iteration.
   c.model.scan_layers = False
-  model = models.TarFlow(**models.model_kwargs(c), rngs=nnx.Rngs(0))
+  model = models.TarFlow(**tarflow_config.model_kwargs(c), rngs=nnx.Rngs(0))
   graphdef, state = nnx.split(model)
   fwd = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x)[0])
   x = jnp.zeros((1, c.image_size, c.image_size, c.model.in_channels))

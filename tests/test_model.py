@@ -9,7 +9,8 @@ import pytest
 from flax import nnx
 
 from conftest import random_images, rel_err, tiny_model
-from tarflow_flax import config_lib, losses, models
+from tarflow_flax import losses, models
+from tarflow_flax.models import transformer
 from tarflow_flax.sampling import guidance, sequential
 
 
@@ -91,7 +92,7 @@ def _grads(model, x):
   return jax.tree.leaves(nnx.state(nnx.grad(loss_fn)(model), nnx.Param))
 
 
-@pytest.mark.parametrize("policy", config_lib.REMAT_POLICIES)
+@pytest.mark.parametrize("policy", transformer.REMAT_POLICIES)
 def test_remat_gives_identical_gradients(policy):
   plain = tiny_model(layers_per_block=2)
   remat = tiny_model(layers_per_block=2, remat=True, remat_policy=policy)
@@ -182,7 +183,7 @@ def test_guidance_changes_samples_and_annealing_weights():
 def test_bad_model_config_is_refused(kwargs, message):
   base = dict(in_channels=1, img_size=8, patch_size=2, channels=64, num_blocks=2,
               layers_per_block=1)
-  with pytest.raises(config_lib.ConfigError, match=message):
+  with pytest.raises(models.ModelConfigError, match=message):
     models.TarFlow(**{**base, **kwargs}, rngs=nnx.Rngs(0))
 
 

@@ -14,6 +14,7 @@ from flax import nnx
 
 from conftest import REPO, job_env, read_scalars, tiny_config
 from tarflow_flax import checkpoint, config_lib, flops, models, sharding, steps, train
+from tarflow_flax.models import tarflow_config
 
 CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "*.py")))
 
@@ -152,7 +153,7 @@ _RUNTIME_CHANGES = {"model.dtype": "bfloat16", "model.remat": True,
 
 
 def test_resume_with_runtime_only_model_keys_changed(tmp_path):
-  assert set(_RUNTIME_CHANGES) == {f"model.{k}" for k in config_lib.RUNTIME_ONLY_MODEL_KEYS}
+  assert set(_RUNTIME_CHANGES) == {f"model.{k}" for k in tarflow_config.RUNTIME_ONLY_KEYS}
   train.train_and_evaluate(tiny_config(num_train_steps=2, checkpoint_every_steps=2),
                            str(tmp_path))
   directory = tmp_path / "checkpoints"

@@ -1,27 +1,40 @@
-"""TarFlow model and its construction from a config."""
+"""The model families `config.model.name` picks from, and building a model from a config.
+
+A new family: a module with its config rules, its nnx.Module and its training contract
+(family.ModelFamily), and one row in FAMILIES.
+"""
 
 from flax import nnx
 
+from tarflow_flax.models import tarflow, tarflow_config
+from tarflow_flax.models.family import ModelConfigError, ModelFamily
 from tarflow_flax.models.flow_block import FlowBlock
 from tarflow_flax.models.tarflow import PriorVariance, TarFlow
 from tarflow_flax.models.transformer import KVCache
 
-
-def model_kwargs(config) -> dict:
-  """TarFlow constructor keywords from a full config (`config.image_size`, `config.model.*`)."""
-  m = config.model
-  lpb = m.layers_per_block
-  return dict(in_channels=m.in_channels, img_size=config.image_size, patch_size=m.patch_size,
-              channels=m.channels, num_blocks=m.num_blocks,
-              layers_per_block=lpb if isinstance(lpb, int) else tuple(lpb), nvp=m.nvp,
-              num_classes=m.num_classes, dtype=m.dtype, remat=m.remat,
-              remat_policy=m.remat_policy, attention=m.attention, scan_layers=m.scan_layers,
-              cond_dim=m.cond_dim, soft_clip=m.soft_clip)
+FAMILIES: dict[str, ModelFamily] = {
+    "tarflow": ModelFamily(
+        validate=tarflow_config.validate,
+        build=lambda config, rngs: TarFlow(**tarflow_config.model_kwargs(config), rngs=rngs),
+        runtime_only_keys=tarflow_config.RUNTIME_ONLY_KEYS,
+        neutral_when_absent=tarflow_config.NEUTRAL_WHEN_ABSENT,
+        loss=tarflow.training_loss,
+        update=tarflow.updated_prior),
+}
 
 
-def build_model(config, rngs: nnx.Rngs | None = None) -> TarFlow:
-  """Builds the config's TarFlow (reference initialisation, seeded by `config.seed`)."""
-  return TarFlow(**model_kwargs(config), rngs=rngs or nnx.Rngs(config.seed))
+def family(config) -> ModelFamily:
+  """The family of `config.model.name` (a full config or its `model` part)."""
+  name = (config.model if "model" in config else config).name
+  if name not in FAMILIES:
+    raise ModelConfigError(f"config.model.name={name!r}: must be one of {tuple(FAMILIES)}")
+  return FAMILIES[name]
 
 
-__all__ = ["FlowBlock", "KVCache", "PriorVariance", "TarFlow", "build_model", "model_kwargs"]
+def build_model(config, rngs: nnx.Rngs | None = None):
+  """The config's model (its family's initialisation, seeded by `config.seed`)."""
+  return family(config).build(config, rngs or nnx.Rngs(config.seed))
+
+
+__all__ = ["FAMILIES", "FlowBlock", "KVCache", "ModelConfigError", "ModelFamily", "PriorVariance",
+           "TarFlow", "build_model", "family"]

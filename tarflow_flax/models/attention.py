@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+# What config.model.attention may name; "auto" picks by platform (`resolve`).
+IMPLEMENTATIONS = ("auto", "xla", "cudnn", "splash")
 MASK_VALUE = -1e30  # finite: a fully masked row never occurs, and -inf would make NaN grads.
 SPLASH_BLOCK = 512  # Largest tile; smaller sequences use one tile.
 SPLASH_MIN_BLOCK = 128  # The TPU kernel's tiles are multiples of 128 tokens.

@@ -1,5 +1,6 @@
 """TarFlow: patchify, a stack of flow blocks with alternating token order (density direction;
-the inverses are the samplers in `tarflow_flax.sampling`).
+the inverses are the samplers in `tarflow_flax.sampling`), and its training contract (the loss and
+the prior update the train step runs; `FAMILY` in models/__init__.py).
 
 Images are NHWC in [-1, 1]. Tokens are patches in raster order; inside a token the vector is laid
 out (ph, pw, c) (the natural NHWC space-to-depth; the reference's channel-major layout differs only
@@ -15,8 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from tarflow_flax import config_lib
-from tarflow_flax.models import flow_block, transformer
+from tarflow_flax import losses
+from tarflow_flax.models import flow_block, tarflow_config, transformer
 
 PRIOR_LERP_WEIGHT = 0.1  # VP prior variance: var ← var + 0.1·(mean_batch(z²) − var).
 
@@ -38,7 +39,7 @@ class TarFlow(nnx.Module):
         num_blocks=num_blocks, layers_per_block=layers_per_block, nvp=nvp,
         num_classes=num_classes, dtype=dtype, remat_policy=remat_policy, attention=attention,
         cond_dim=cond_dim, soft_clip=soft_clip)
-    config_lib.validate_model(spec, img_size)
+    tarflow_config.validate(spec, img_size)
     self.in_channels = in_channels
     self.img_size = img_size
     self.patch_size = patch_size
@@ -57,7 +58,7 @@ class TarFlow(nnx.Module):
               num_layers=depth, nvp=nvp, num_classes=num_classes, flip=bool(i % 2),
               dtype=jnp.dtype(dtype), remat=remat, remat_policy=remat_policy,
               scan_layers=scan_layers, cond_dim=cond_dim, soft_clip=soft_clip, rngs=rngs)
-          for i, depth in enumerate(config_lib.block_depths(spec))
+          for i, depth in enumerate(tarflow_config.block_depths(spec))
       ])
     for _, module in nnx.iter_modules(self):  # The attention kernel is a static attribute.
       if isinstance(module, transformer.Attention):
@@ -143,3 +144,26 @@ class TarFlow(nnx.Module):
     """VP models: moves `var` 10% toward the batch mean of z² (in place, as the reference)."""
     z2 = jnp.mean(jax.lax.stop_gradient(z).astype(jnp.float32)**2, axis=0)
     self.var[...] = self.var[...] + PRIOR_LERP_WEIGHT * (z2 - self.var[...])
+
+
+# -- training contract (models.family.ModelFamily) -------------------------------------------------
+
+def training_loss(model: TarFlow, images, labels, cond):
+  """(loss, logged, stats) of a batch: the reference's NLL loss; its prior and log-det parts and
+  each block's log-det (logged); the per-position mean of z² (the VP prior's update reads it)."""
+  z, logdets, aux = model(images, labels, cond)
+  logged = {
+      "prior": 0.5 * jnp.mean(jnp.square(z)),
+      "logdet": jnp.mean(logdets),
+      "logdet_block": jnp.stack([jnp.mean(l) for l in aux["block_logdets"]]),  # Per block.
+  }
+  stats = {"z2": jnp.mean(jnp.square(jax.lax.stop_gradient(z)), axis=0)}
+  return losses.nll_loss(z, logdets), logged, stats
+
+
+def updated_prior(model_config, rest, stats):
+  """VP models: the prior variance moves 10% toward the global batch's mean z² after each step
+  (as `TarFlow.update_prior`); NVP models have nothing to update."""
+  if model_config.nvp:
+    return rest
+  return jax.tree.map(lambda v: v + PRIOR_LERP_WEIGHT * (stats["z2"] - v), rest)

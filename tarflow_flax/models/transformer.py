@@ -19,9 +19,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from tarflow_flax import sharding
-from tarflow_flax.config_lib import HEAD_DIM
 from tarflow_flax.models import attention as attention_lib
 
+HEAD_DIM = 64  # Fixed by the reference: heads = channels // 64.
 LAYER_NORM_EPS = 1e-5
 # What a rematerialised layer keeps from the forward pass (None: only its input). Linear outputs
 # are dot_generals without batch dimensions; the attention einsums have batch dimensions (and the
@@ -226,7 +226,7 @@ def apply_layer_stack(layers: TransformerLayer, x, temperature=1.0, *, remat: bo
 
   temperature: attention temperature, a scalar or one per example (N,).
   cond: AdaLN conditioning vector (N, C) or None.
-  remat_policy: what remat saves for the backward pass (config_lib.REMAT_POLICIES).
+  remat_policy: what remat saves for the backward pass (REMAT_POLICIES above).
   """
 
   def body(layer, h):

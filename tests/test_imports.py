@@ -103,3 +103,27 @@ def test_the_jobs_import_together_and_define_no_flags_on_import():
   defined = flags.FLAGS.flags_by_module_dict()
   for module in [f"{PACKAGE}.{job}" for job in JOBS] + [f"{PACKAGE}.job_flags"]:
     assert not defined.get(module), (module, [f.name for f in defined[module]])
+
+
+def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+  seen, todo = set(), [start]
+  while todo:
+    for nxt in graph.get(todo.pop(), ()):
+      if nxt not in seen:
+        seen.add(nxt)
+        todo.append(nxt)
+  return seen
+
+
+def test_models_and_data_do_not_depend_on_the_config_schema_or_the_jobs():
+  """The config schema reads the model families and the dataset table, never the other way:
+  a model or a dataset is usable without the schema, and a new one cannot create a cycle."""
+  graph = import_graph(REPO)
+  assert "tarflow_flax.models" in graph["tarflow_flax.config_lib"]
+  assert "tarflow_flax.input_pipeline.datasets" in graph["tarflow_flax.config_lib"]
+  for module in graph:
+    if module.startswith(("tarflow_flax.models", "tarflow_flax.input_pipeline.datasets",
+                          "tarflow_flax.input_pipeline.device_transforms")):
+      reached = _reachable(graph, module)
+      assert not reached & {"tarflow_flax.config_lib", "tarflow_flax.runtime",
+                            "tarflow_flax.train", "tarflow_flax.steps"}, (module, reached)

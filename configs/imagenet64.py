@@ -37,8 +37,9 @@ def get_config(preset: str = ""):
   # Remat fits 16 GiB v5e chips (5.6 GiB/chip on v5e-32) and the float32 preset; it costs its
   # recompute: cost-model MFU 43.5 % on v5p vs 56.9 % without. On v5p with bfloat16, pass
   # --config.model.remat=False --config.model.scan_layers=False (67.9 GiB/chip on v5p-16;
-  # scanned without remat needs 121 GiB). On 8 H100s the shipped settings take 10.0 GiB/GPU
-  # with cuDNN attention (compiled, not run). Numbers: benchmarks/README.md.
+  # scanned without remat needs 121 GiB). H100s (compiled, not run; cuDNN attention): the shipped
+  # settings take 10.0 GiB/GPU on 8; --config.model.remat=False needs 108.5 GiB/GPU on 8, 55.5 on
+  # 16 (too tight), 28.8 on 32: drop remat from 4 hosts of 8. Numbers: benchmarks/README.md.
   c.model.remat = True
   c.data.name = "downsampled_imagenet"
   c.data.train_split = "train"

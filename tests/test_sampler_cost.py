@@ -1,0 +1,100 @@
+"""The sampler-cost estimate: sampler programs compiled for a TPU (libtpu) and an H100 (the CUDA
+plugin) on this CPU host, and the per-image arithmetic. Needs the test extra's libtpu and CUDA
+plugin: without them these tests fail (never skip)."""
+
+import json
+import math
+
+import pytest
+
+from conftest import tiny_config
+from tarflow_flax import compile_check, flops, gpu_targets, sampler_cost
+
+H100_BANDWIDTH = 3_352_320_000_000  # gpu_specs/h100_sxm.txtpb's memory_bandwidth (bytes/s).
+
+
+@pytest.mark.parametrize("topology,kind", [("v5p:1x1x1", "TPU v5"),
+                                           ("h100:1x1x1", "NVIDIA H100 80GB HBM3")])
+def test_report_gives_finite_times_and_the_ratios_of_its_own_times(topology, kind):
+  config = tiny_config(**{"model.dtype": "bfloat16"})
+  sweeps = {1: [3, 5], 8: [9, 12]}  # Sweeps per block (2 blocks), as if measured.
+  report = sampler_cost.estimate(config, topology, 8, sweeps)
+  json.dumps(report)
+  assert report["device_kind"] == kind and report["devices"] == 1 and not report["guided"]
+  assert [p["segments"] for p in report["programs"]] == [0, *sampler_cost.SEGMENT_COUNTS]
+  for program in report["programs"]:
+    assert math.isfinite(program["seconds"]) and program["seconds"] > 0
+    assert program["flops"] > 0 and program["bytes"] > 0
+  token_s, sweep_s = report["token_step_s"], report["sweep_s"]
+  assert token_s == report["programs"][0]["seconds"] and set(sweep_s) == {1, 4, 8, 16}
+  per_image = report["s_per_image"]
+  assert per_image["sequential"] == pytest.approx(2 * 15 * token_s / 8)  # 16 tokens, 2 blocks.
+  assert per_image[8] == pytest.approx((9 + 12) * sweep_s[8] / 8)
+  for method in (1, 8, "auto"):
+    assert report["speedup_vs_sequential"][method] == pytest.approx(
+        per_image["sequential"] / per_image[method])
+  for segments, sweep in sweep_s.items():
+    assert report["break_even_sweeps"][segments] == pytest.approx(15 * token_s / sweep)
+
+
+def test_h100_time_is_the_roofline_of_xla_flops_and_bytes():
+  config = tiny_config(**{"model.dtype": "bfloat16", "image_size": 32})
+  devices = compile_check.topology_devices("h100:1x1x1")
+  assert gpu_targets.memory_bandwidth(devices[0]) == H100_BANDWIDTH
+  program = sampler_cost.programs(64, (8,))[1]  # A sweep over 8 tokens of 64.
+  cost = sampler_cost.program_cost(config, devices, 16, program, guided=False)
+  peak = flops.peak_tflops(devices[0].device_kind) * 1e12
+  assert cost["seconds"] == max(cost["flops"] / peak, cost["bytes"] / H100_BANDWIDTH)
+  # XLA counts the matmuls the analytic model counts, plus norms, softmax and GELU.
+  analytic = 16 * flops.block_step_flops(config, 1, program["tokens"])
+  assert analytic < cost["flops"] < 1.3 * analytic
+
+
+def test_the_guided_pass_costs_two_rows_per_image():
+  devices = compile_check.topology_devices("v5p:1x1x1")
+  program = sampler_cost.programs(16, ())[0]
+  config = tiny_config(**{"model.dtype": "bfloat16", "model.num_classes": 10})
+  plain, guided = (sampler_cost.program_cost(config, devices, 8, program, guided=g)
+                   for g in (False, True))
+  assert guided["flops"] == pytest.approx(2 * plain["flops"], rel=0.1)
+
+
+def test_per_image_arithmetic_on_known_numbers():
+  times = sampler_cost.per_image(num_tokens=101, num_blocks=2, batch=4, token_step_s=1e-4,
+                                 sweep_s={1: 2e-3, 8: 5e-4}, sweeps={1: [30, 2], 8: [8, 40]})
+  # Sequential: 100 steps per block: 0.01 s per block, 2 blocks over 4 images.
+  assert times["sequential"] == pytest.approx(0.005)
+  assert times["break_even_sweeps"] == pytest.approx({1: 5.0, 8: 20.0})
+  assert times["parallel"] == pytest.approx({1: 32 * 2e-3 / 4, 8: 48 * 5e-4 / 4})
+  # Block 0: sequential 0.01, Jacobi 0.06, GS 0.004 → GS; block 1: 0.01, 0.004, 0.02 → Jacobi.
+  assert times["auto_plan"] == [8, 1]
+  assert times["auto"] == pytest.approx((0.004 + 0.004) / 4)
+  slow = sampler_cost.per_image(num_tokens=101, num_blocks=1, batch=1, token_step_s=1e-4,
+                                sweep_s={8: 5e-4}, sweeps={8: [21]})
+  assert slow["auto_plan"] == [0] and slow["auto"] == slow["sequential"]  # Past break-even.
+
+
+def test_programs_use_the_samplers_mean_cache_lengths():
+  # 65 tokens: 64 sequential steps in 2 chunks (stops 32, 64): mean cache 48. Four segments
+  # [1, 17), [17, 33), [33, 49), [49, 65): 16 tokens each, caches 16, 32, 48, 64: mean 40.
+  assert sampler_cost.programs(65, (1, 4)) == [
+      {"segments": 0, "tokens": 1, "cache_tokens": 48},
+      {"segments": 1, "tokens": 64, "cache_tokens": 64},
+      {"segments": 4, "tokens": 16, "cache_tokens": 40}]
+
+
+def test_custom_calls_count_operands_and_results_but_not_workspaces():
+  hlo = """
+  %p0 = bf16[8,64]{1,0} parameter(0)
+  %p1 = bf16[64,32]{1,0} parameter(1)
+  %fusion.1 = f32[8,32]{1,0} fusion(%p0), kind=kLoop, calls=%f
+  %cublas.2 = (bf16[8,32]{1,0}, s8[4194304]{0}) custom-call(%p0, %p1), custom_call_target="__cublas$lt$matmul"
+  ROOT %t = (bf16[8,32]{1,0}) tuple(%cublas.2)
+  """
+  assert sampler_cost.custom_call_bytes(hlo) == (2 * (8 * 64 + 64 * 32 + 8 * 32), 1)
+
+
+def test_sweeps_spread_over_a_deeper_model():
+  assert sampler_cost.spread_blocks([5, 1], 4) == [5, 5, 1, 1]
+  with pytest.raises(ValueError, match="do not spread"):
+    sampler_cost.spread_blocks([5, 1, 2], 4)

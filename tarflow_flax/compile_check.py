@@ -259,19 +259,19 @@ _SCANNED_NOTE = ("layers are scanned: the cost model counts a layer once; rerun 
 # Without a GPU, XLA cannot autotune its Triton GEMMs, and for some shapes (the imagenet64
 # GS-Jacobi sweep's (8·127, 768) × (768, 768) matmul) its untuned tiling finds no tile sizes:
 # those programs are compiled with cuBLAS GEMMs, one of the autotuner's choices on a GPU.
-_NO_TRITON_GEMM = {"xla_gpu_enable_triton_gemm": False}
+NO_TRITON_GEMM = {"xla_gpu_enable_triton_gemm": False}
 
 
-def compile_lowered(lowered):
-  """(compiled, seconds, the compiler options it needed)."""
-  start, options = time.perf_counter(), {}
+def compile_lowered(lowered, options: dict | None = None):
+  """(compiled, seconds, the compiler options it needed, `options` included)."""
+  start, options = time.perf_counter(), dict(options or {})
   try:
     try:
-      compiled = lowered.compile()
+      compiled = lowered.compile(compiler_options=options or None)
     except jax.errors.JaxRuntimeError as e:
       if "find output tile sizes" not in str(e):
         raise
-      options = _NO_TRITON_GEMM
+      options = {**options, **NO_TRITON_GEMM}
       compiled = lowered.compile(compiler_options=options)
   except Exception as e:  # XLA reports HBM exhaustion at compile time on TPU.
     text = str(e)

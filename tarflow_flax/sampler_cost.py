@@ -20,6 +20,8 @@ Each is timed by
        change them; the compiled HLO hides its GEMMs in cuBLAS calls the analysis cannot see
        into). Bytes: the same analysis of the compiled HLO, i.e. what its fused kernels read and
        write, plus the operands and results of its cuBLAS calls. Launch overheads are not in it.
+       GEMMs are compiled as cuBLAS calls: without a GPU XLA cannot autotune its Triton GEMMs, and
+       their untuned tilings (split-K partial sums in float32) moved up to 7× the bytes.
 
 Per image (B images per call, K blocks, T tokens; sweeps per block measured on a trained model):
   sequential   K · (T − 1) · token step / B
@@ -123,10 +125,12 @@ def program_cost(config, devices, batch: int, program: dict, guided: bool) -> di
   lowered, _, _ = compile_check.lower_sampler_steps(
       config, devices, batch, program["tokens"], guided=guided,
       cache_tokens=program["cache_tokens"], hoisted_casts=True)
-  compiled, compile_s, options = compile_check.compile_lowered(lowered)
+  gpu = devices[0].platform == "gpu"
+  compiled, compile_s, options = compile_check.compile_lowered(
+      lowered, compile_check.NO_TRITON_GEMM if gpu else None)
   if devices[0].platform == "tpu":
     cost = tpu_cost_model(compiled)
-  elif devices[0].platform == "gpu":
+  elif gpu:
     cost = roofline(lowered, compiled, devices[0])
   else:
     raise ValueError(f"no cost model for {devices[0].platform}: give a TPU or GPU topology")
@@ -162,18 +166,26 @@ def per_image(*, num_tokens: int, num_blocks: int, batch: int, token_step_s: flo
   return result
 
 
-def load_sweeps(path: str, num_blocks: int) -> dict[int, list[int]]:
+TRANSFERS = ("absolute", "proportional")
+
+
+def load_sweeps(path: str, num_blocks: int, num_tokens: int, transfer: str = "absolute"
+                ) -> dict[int, list[int]]:
   """{segments: sweeps per block} from benchmarks/sampling.py's JSON (its jacobi and gs_jacobi
-  rows), spread over `num_blocks`."""
+  rows), spread over `num_blocks` and carried over to `num_tokens` tokens: 'absolute' keeps the
+  counts; 'proportional' scales them with the segment length (T − 1) / (T_measured − 1)."""
+  if transfer not in TRANSFERS:
+    raise ValueError(f"transfer must be one of {TRANSFERS}, got {transfer!r}")
   with open(path, encoding="utf-8") as f:
-    rows = json.load(f)["rows"]
-  return {int(r["segments"]): spread_blocks(r["iterations_per_block"], num_blocks)
-          for r in rows if r.get("segments")}
+    measured = json.load(f)
+  scale = (num_tokens - 1) / (measured["tokens"] - 1) if transfer == "proportional" else 1.0
+  return {int(r["segments"]): [min(num_tokens - 1, round(n * scale))
+                               for n in spread_blocks(r["iterations_per_block"], num_blocks)]
+          for r in measured["rows"] if r.get("segments")}
 
 
-def estimate(config, topology: str, batch: int, sweeps: dict[int, Sequence[int]] | None = None
-             ) -> dict:
-  """The report: every program's cost and, per image, each sampler's estimated time."""
+def compile_programs(config, topology: str, batch: int) -> dict:
+  """The programs of `programs` compiled for `topology` and timed: the report without prices."""
   config_lib.validate(config)
   devices = compile_check.topology_devices(topology)
   num_tokens = (config.image_size // config.model.patch_size)**2
@@ -186,24 +198,36 @@ def estimate(config, topology: str, batch: int, sweeps: dict[int, Sequence[int]]
                  "sweep" if program["segments"] else "token step", program["tokens"],
                  program["cache_tokens"], costs[-1]["seconds"] * 1e6, costs[-1]["timed_by"],
                  costs[-1]["compile_s"])
+  return {"topology": topology, "device_kind": devices[0].device_kind, "devices": len(devices),
+          "batch": batch, "guided": guided, "tokens": num_tokens,
+          "blocks": config.model.num_blocks,
+          "layers_per_block": max(config_lib.block_depths(config.model)),
+          "dtype": config.model.dtype, "programs": costs}
+
+
+def price(compiled: dict, sweeps: dict[int, Sequence[int]] | None = None) -> dict:
+  """`compile_programs`' report with each sampler's time per image for these sweeps per block."""
+  costs = compiled["programs"]
   token_step_s = costs[0]["seconds"]
-  sweep_s = {c["segments"]: c["seconds"] for c in costs[1:]}
-  num_blocks = config.model.num_blocks
-  times = per_image(num_tokens=num_tokens, num_blocks=num_blocks, batch=batch,
-                    token_step_s=token_step_s, sweep_s=sweep_s, sweeps=sweeps or {})
+  sweep_s = {int(c["segments"]): c["seconds"] for c in costs[1:]}
+  times = per_image(num_tokens=compiled["tokens"], num_blocks=compiled["blocks"],
+                    batch=compiled["batch"], token_step_s=token_step_s, sweep_s=sweep_s,
+                    sweeps=sweeps or {})
   speedups = {s: times["sequential"] / t for s, t in times["parallel"].items()}
   if sweeps:
     speedups["auto"] = times["sequential"] / times["auto"]
-  return {"topology": topology, "device_kind": devices[0].device_kind, "devices": len(devices),
-          "batch": batch, "guided": guided, "tokens": num_tokens, "blocks": num_blocks,
-          "layers_per_block": max(config_lib.block_depths(config.model)),
-          "dtype": config.model.dtype, "programs": costs,
-          "token_step_s": token_step_s, "sweep_s": sweep_s, "sweeps_per_block": sweeps or {},
-          "break_even_sweeps": times["break_even_sweeps"],
+  return {**compiled, "token_step_s": token_step_s, "sweep_s": sweep_s,
+          "sweeps_per_block": sweeps or {}, "break_even_sweeps": times["break_even_sweeps"],
           "s_per_image": {"sequential": times["sequential"], **times["parallel"],
                           **({"auto": times["auto"]} if sweeps else {})},
           "speedup_vs_sequential": speedups,
           "auto_plan": times["auto_plan"] if sweeps else None}
+
+
+def estimate(config, topology: str, batch: int, sweeps: dict[int, Sequence[int]] | None = None
+             ) -> dict:
+  """The report: every program's cost and, per image, each sampler's estimated time."""
+  return price(compile_programs(config, topology, batch), sweeps)
 
 
 def format_table(report: dict) -> str:
@@ -235,17 +259,32 @@ def _define_flags():
                                "config.sample.num_images).")
   sweeps = flags.DEFINE_string("sweeps", None, "benchmarks/sampling.py's JSON: sweeps per block "
                                "of its jacobi / gs_jacobi rows (without: break-even only).")
+  transfer = flags.DEFINE_enum("transfer", "absolute", TRANSFERS, "How --sweeps carry over to "
+                               "the config's tokens: as measured, or scaled with segment length.")
+  reuse = flags.DEFINE_string("programs", None, "An earlier JSON line of this job: price its "
+                              "programs (e.g. with other --sweeps) instead of compiling them.")
   flags.mark_flags_as_required(["config", "topology"])
   flags.FLAGS.set_default("distributed", False)
 
   def job():
     jax.config.update("jax_enable_compilation_cache", False)  # As compile_check: no client.
     config = config_flag.value
-    counts = load_sweeps(sweeps.value, config.model.num_blocks) if sweeps.value else None
-    try:
-      report = estimate(config, topology.value, batch.value or config.sample.num_images, counts)
-    except compile_check.DoesNotFit as e:
-      raise runtime.UserError(f"does not fit on {topology.value}: {e}") from e
+    num_tokens = (config.image_size // config.model.patch_size)**2
+    counts = (load_sweeps(sweeps.value, config.model.num_blocks, num_tokens, transfer.value)
+              if sweeps.value else None)
+    if reuse.value:
+      with open(reuse.value, encoding="utf-8") as f:
+        compiled = json.loads(f.read().strip().splitlines()[-1])
+      if (compiled["tokens"], compiled["blocks"]) != (num_tokens, config.model.num_blocks):
+        raise runtime.UserError(f"--programs={reuse.value} was compiled for another model "
+                                f"({compiled['tokens']} tokens, {compiled['blocks']} blocks)")
+    else:
+      try:
+        compiled = compile_programs(config, topology.value,
+                                    batch.value or config.sample.num_images)
+      except compile_check.DoesNotFit as e:
+        raise runtime.UserError(f"does not fit on {topology.value}: {e}") from e
+    report = {**price(compiled, counts), "transfer": transfer.value if counts else None}
     print(format_table(report))
     print(json.dumps(report))
 

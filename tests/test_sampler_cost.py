@@ -41,13 +41,29 @@ def test_h100_time_is_the_roofline_of_xla_flops_and_bytes():
   config = tiny_config(**{"model.dtype": "bfloat16", "image_size": 32})
   devices = compile_check.topology_devices("h100:1x1x1")
   assert gpu_targets.memory_bandwidth(devices[0]) == H100_BANDWIDTH
-  program = sampler_cost.programs(64, (8,))[1]  # A sweep over 8 tokens of 64.
+  program = sampler_cost.programs(64, (8,))[1]
+  assert (program["tokens"], program["cache_tokens"]) == (8, 35)
   cost = sampler_cost.program_cost(config, devices, 16, program, guided=False)
   peak = flops.peak_tflops(devices[0].device_kind) * 1e12
   assert cost["seconds"] == max(cost["flops"] / peak, cost["bytes"] / H100_BANDWIDTH)
-  # XLA counts the matmuls the analytic model counts, plus norms, softmax and GELU.
+  # XLA counts the matmuls the analytic model counts (at the full cache length), plus norms,
+  # softmax and GELU, less the masked cache beyond 35 tokens.
   analytic = 16 * flops.block_step_flops(config, 1, program["tokens"])
-  assert analytic < cost["flops"] < 1.3 * analytic
+  assert 0.7 * analytic < cost["flops"] < 1.3 * analytic
+  # At least the keys and values of the cache are read (bf16, 64 channels, one layer).
+  assert cost["bytes"] > 16 * 2 * 35 * 64 * 2
+
+
+def test_h100_roofline_counts_what_cublas_calls_read_and_write():
+  # GPU programs are compiled with cuBLAS GEMMs, which alone read the kernels: at width 1024
+  # those outweigh everything else the step reads and writes.
+  config = tiny_config(**{"model.dtype": "bfloat16", "image_size": 32, "model.channels": 1024})
+  devices = compile_check.topology_devices("h100:1x1x1")
+  program = sampler_cost.programs(64, (8,))[1]
+  cost = sampler_cost.program_cost(config, devices, 16, program, guided=False)
+  assert cost["compiler_options"] == compile_check.NO_TRITON_GEMM
+  kernel_bytes = 12 * 1024 * 1024 * 2  # QKV, output, MLP up and down, bf16.
+  assert kernel_bytes < cost["bytes"] < 2 * kernel_bytes
 
 
 def test_the_guided_pass_costs_two_rows_per_image():
@@ -92,6 +108,18 @@ def test_custom_calls_count_operands_and_results_but_not_workspaces():
   ROOT %t = (bf16[8,32]{1,0}) tuple(%cublas.2)
   """
   assert sampler_cost.custom_call_bytes(hlo) == (2 * (8 * 64 + 64 * 32 + 8 * 32), 1)
+
+
+def test_measured_sweeps_carry_over_as_counts_or_in_proportion(tmp_path):
+  measured = {"tokens": 17, "rows": [  # As benchmarks/sampling.py writes them.
+      {"method": "sequential", "segments": None, "iterations_per_block": [16, 16]},
+      {"method": "jacobi", "segments": 1, "iterations_per_block": [12, 3]},
+      {"method": "gs_jacobi", "segments": 8, "iterations_per_block": [16, 9]}]}
+  path = tmp_path / "sweeps.json"
+  path.write_text(json.dumps(measured))
+  assert sampler_cost.load_sweeps(str(path), 4, 65) == {1: [12, 12, 3, 3], 8: [16, 16, 9, 9]}
+  # 64 tokens to solve instead of 16: 4× the sweeps.
+  assert sampler_cost.load_sweeps(str(path), 2, 65, "proportional") == {1: [48, 12], 8: [64, 36]}
 
 
 def test_sweeps_spread_over_a_deeper_model():

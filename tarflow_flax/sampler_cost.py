@@ -95,6 +95,15 @@ def custom_call_bytes(hlo_text: str) -> tuple[int, int]:
   return total, count
 
 
+def kernels(hlo_text: str) -> int:
+  """Instructions of the compiled entry computation that launch work (fusions, library calls,
+  copies): what a GPU pays a launch for each time the program runs (no CUDA graphs)."""
+  entry = hlo_text[hlo_text.index("\nENTRY"):]
+  ops = re.findall(r"^\s*(?:ROOT )?%\S+ = (?:\(.*?\)|\S+) ([\w-]+)\(", entry, re.M)
+  return sum(op not in ("parameter", "bitcast", "get-tuple-element", "tuple", "constant")
+             for op in ops)
+
+
 def roofline(lowered, compiled, device) -> dict:
   """{'seconds', 'flops', 'bytes', ...} of a compiled GPU program on `device` (module docstring)."""
   hlo_flops = _hlo_cost(lowered._lowering.hlo().as_hlo_module())["flops"]  # pylint: disable=protected-access
@@ -105,7 +114,7 @@ def roofline(lowered, compiled, device) -> dict:
   bandwidth = gpu_targets.memory_bandwidth(device)
   return {"seconds": max(hlo_flops / peak, hlo_bytes / bandwidth), "flops": hlo_flops,
           "bytes": hlo_bytes, "compute_s": hlo_flops / peak, "memory_s": hlo_bytes / bandwidth,
-          "timed_by": "roofline"}
+          "kernels": kernels(compiled.as_text()), "timed_by": "roofline"}
 
 
 def tpu_cost_model(compiled) -> dict:

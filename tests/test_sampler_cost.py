@@ -108,6 +108,8 @@ def test_custom_calls_count_operands_and_results_but_not_workspaces():
   ROOT %t = (bf16[8,32]{1,0}) tuple(%cublas.2)
   """
   assert sampler_cost.custom_call_bytes(hlo) == (2 * (8 * 64 + 64 * 32 + 8 * 32), 1)
+  fused = "%f (x: f32[8]) -> f32[8] {\n  %x = f32[8]{0} parameter(0)\n  %y = f32[8]{0} negate(%x)\n}\n"
+  assert sampler_cost.kernels(fused + "\nENTRY %main {" + hlo) == 2  # Fusion and cuBLAS call.
 
 
 def test_measured_sweeps_carry_over_as_counts_or_in_proportion(tmp_path):

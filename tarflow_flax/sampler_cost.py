@@ -219,6 +219,8 @@ def price(compiled: dict, sweeps: dict[int, Sequence[int]] | None = None) -> dic
   costs = compiled["programs"]
   token_step_s = costs[0]["seconds"]
   sweep_s = {int(c["segments"]): c["seconds"] for c in costs[1:]}
+  # Sweeps measured for segment counts not compiled here (e.g. --extra_segments) are left out.
+  sweeps = {s: counts for s, counts in (sweeps or {}).items() if s in sweep_s}
   times = per_image(num_tokens=compiled["tokens"], num_blocks=compiled["blocks"],
                     batch=compiled["batch"], token_step_s=token_step_s, sweep_s=sweep_s,
                     sweeps=sweeps or {})

@@ -17,8 +17,9 @@ H100_BANDWIDTH = 3_352_320_000_000  # gpu_specs/h100_sxm.txtpb's memory_bandwidt
                                            ("h100:1x1x1", "NVIDIA H100 80GB HBM3")])
 def test_report_gives_finite_times_and_the_ratios_of_its_own_times(topology, kind):
   config = tiny_config(**{"model.dtype": "bfloat16"})
-  sweeps = {1: [3, 5], 8: [9, 12]}  # Sweeps per block (2 blocks), as if measured.
+  sweeps = {1: [3, 5], 8: [9, 12], 2: [7, 8]}  # Sweeps per block (2 blocks), as if measured.
   report = sampler_cost.estimate(config, topology, 8, sweeps)
+  assert set(report["s_per_image"]) == {"sequential", 1, 8, "auto"}  # 2: not compiled.
   json.dumps(report)
   assert report["device_kind"] == kind and report["devices"] == 1 and not report["guided"]
   assert [p["segments"] for p in report["programs"]] == [0, *sampler_cost.SEGMENT_COUNTS]

@@ -175,22 +175,34 @@ def per_image(*, num_tokens: int, num_blocks: int, batch: int, token_step_s: flo
   return result
 
 
-TRANSFERS = ("absolute", "proportional")
+TRANSFERS = ("per_segment", "absolute", "proportional")
 
 
-def load_sweeps(path: str, num_blocks: int, num_tokens: int, transfer: str = "absolute"
+def load_sweeps(path: str, num_blocks: int, num_tokens: int, transfer: str = "per_segment"
                 ) -> dict[int, list[int]]:
-  """{segments: sweeps per block} from benchmarks/sampling.py's JSON (its jacobi and gs_jacobi
-  rows), spread over `num_blocks` and carried over to `num_tokens` tokens: 'absolute' keeps the
-  counts; 'proportional' scales them with the segment length (T − 1) / (T_measured − 1)."""
+  """{segments: sweeps per block} from benchmarks/sampling.py's JSON, spread over `num_blocks`
+  and carried over to `num_tokens` tokens:
+    per_segment   each segment of each block needs the sweeps that block's Jacobi pass (one
+                  segment of all its tokens) needed, or its length if fewer; for every S costed
+    absolute      the jacobi / gs_jacobi rows' counts as measured (a segment count whose
+                  segments were shorter than their sweeps says only that they saturated)
+    proportional  those counts scaled with the segment length, (T − 1) / (T_measured − 1).
+  """
   if transfer not in TRANSFERS:
     raise ValueError(f"transfer must be one of {TRANSFERS}, got {transfer!r}")
   with open(path, encoding="utf-8") as f:
     measured = json.load(f)
-  scale = (num_tokens - 1) / (measured["tokens"] - 1) if transfer == "proportional" else 1.0
-  return {int(r["segments"]): [min(num_tokens - 1, round(n * scale))
-                               for n in spread_blocks(r["iterations_per_block"], num_blocks)]
+  rows = {int(r["segments"]): spread_blocks(r["iterations_per_block"], num_blocks)
           for r in measured["rows"] if r.get("segments")}
+  if transfer == "per_segment":
+    if 1 not in rows:
+      raise ValueError(f"{path} has no jacobi row: per_segment needs its sweeps per block")
+    lengths = {s: np.diff(jacobi.BlockPlan.uniform(num_tokens, s).boundaries)
+               for s in SEGMENT_COUNTS}
+    return {s: [int(np.minimum(n, seg).sum()) for n in rows[1]] for s, seg in lengths.items()}
+  scale = (num_tokens - 1) / (measured["tokens"] - 1) if transfer == "proportional" else 1.0
+  return {s: [min(num_tokens - 1, round(n * scale)) for n in counts]
+          for s, counts in rows.items()}
 
 
 def compile_programs(config, topology: str, batch: int) -> dict:
@@ -270,8 +282,8 @@ def _define_flags():
                                "config.sample.num_images).")
   sweeps = flags.DEFINE_string("sweeps", None, "benchmarks/sampling.py's JSON: sweeps per block "
                                "of its jacobi / gs_jacobi rows (without: break-even only).")
-  transfer = flags.DEFINE_enum("transfer", "absolute", TRANSFERS, "How --sweeps carry over to "
-                               "the config's tokens: as measured, or scaled with segment length.")
+  transfer = flags.DEFINE_enum("transfer", "per_segment", TRANSFERS, "How --sweeps carry over "
+                               "to the config's tokens (load_sweeps).")
   reuse = flags.DEFINE_string("programs", None, "An earlier JSON line of this job: price its "
                               "programs (e.g. with other --sweeps) instead of compiling them.")
   flags.mark_flags_as_required(["config", "topology"])

@@ -120,9 +120,14 @@ def test_measured_sweeps_carry_over_as_counts_or_in_proportion(tmp_path):
       {"method": "gs_jacobi", "segments": 8, "iterations_per_block": [16, 9]}]}
   path = tmp_path / "sweeps.json"
   path.write_text(json.dumps(measured))
-  assert sampler_cost.load_sweeps(str(path), 4, 65) == {1: [12, 12, 3, 3], 8: [16, 16, 9, 9]}
+  assert sampler_cost.load_sweeps(str(path), 4, 65, "absolute") == {
+      1: [12, 12, 3, 3], 8: [16, 16, 9, 9]}
   # 64 tokens to solve instead of 16: 4× the sweeps.
   assert sampler_cost.load_sweeps(str(path), 2, 65, "proportional") == {1: [48, 12], 8: [64, 36]}
+  # Every segment needs the block's Jacobi sweeps (12, 3), at most its length: 1 segment of 64
+  # tokens; 4 of 16; 8 of 8; 16 of 4 (uniform plans of 65 tokens).
+  assert sampler_cost.load_sweeps(str(path), 2, 65) == {
+      1: [12, 3], 4: [48, 12], 8: [64, 24], 16: [64, 48]}
 
 
 def test_sweeps_spread_over_a_deeper_model():

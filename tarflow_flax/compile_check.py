@@ -133,9 +133,10 @@ def lower_sampler_steps(config, devices, batch: int, segment: int, *, guided: bo
   cache_sharding = transformer.KVCache(per_layer, per_layer)
   rows, c = (2 if guided else 1) * batch, config.model.channels
   # Full length by default: the samplers grow their caches as they go; this is the largest step.
-  cache = transformer.KVCache.zeros(block.num_layers, rows, cache_tokens or model.num_tokens, c,
-                                    jnp.dtype(config.model.dtype))
-  cache = sharding.abstract_on(jax.eval_shape(lambda: cache), cache_sharding)
+  # Shapes only: a sampling batch's cache can exceed this host's memory.
+  cache = jax.eval_shape(lambda: transformer.KVCache.zeros(
+      block.num_layers, rows, cache_tokens or model.num_tokens, c, jnp.dtype(config.model.dtype)))
+  cache = sharding.abstract_on(cache, cache_sharding)
   tokens = jax.ShapeDtypeStruct((batch, segment, model.token_dim), jnp.float32, sharding=data)
 
   def token_step(state, x, cache, position):
@@ -204,14 +205,20 @@ def _cost(compiled) -> dict:
   return (cost[0] if isinstance(cost, list) else cost) or {}
 
 
+def peak_memory_gib(compiled) -> float:
+  """Memory per chip a compiled program needs: arguments + temporaries + outputs − aliased."""
+  mem = compiled.memory_analysis()
+  return (mem.argument_size_in_bytes + mem.temp_size_in_bytes + mem.output_size_in_bytes -
+          mem.alias_size_in_bytes) / 2**30
+
+
 def report(compiled, *, topology: str, devices, mesh, batch: int, compile_s: float,
            model_flops: float, loop_note: str | None, compiler_options: dict | None = None
            ) -> dict:
   """The JSON-able summary of one compiled program; `loop_note`: why the cost model's time is
   withheld when the program loops over its layers (None: layers are unrolled)."""
   mem = compiled.memory_analysis()
-  peak_bytes = (mem.argument_size_in_bytes + mem.temp_size_in_bytes + mem.output_size_in_bytes -
-                mem.alias_size_in_bytes)
+  peak_bytes = peak_memory_gib(compiled) * 2**30
   hbm = hbm_gib(devices[0])
   peak_tflops = flops.peak_tflops(devices[0].device_kind)
   cost = _cost(compiled)

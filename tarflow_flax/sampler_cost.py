@@ -137,13 +137,18 @@ def program_cost(config, devices, batch: int, program: dict, guided: bool) -> di
   gpu = devices[0].platform == "gpu"
   compiled, compile_s, options = compile_check.compile_lowered(
       lowered, compile_check.NO_TRITON_GEMM if gpu else None)
+  peak_gib, hbm = compile_check.peak_memory_gib(compiled), compile_check.hbm_gib(devices[0])
+  if hbm is not None and peak_gib > hbm:
+    raise compile_check.DoesNotFit(f"a {program['tokens']}-token step needs {peak_gib:.1f} GiB "
+                                   f"per chip, the chips have {hbm:.0f} GiB")
   if devices[0].platform == "tpu":
     cost = tpu_cost_model(compiled)
   elif gpu:
     cost = roofline(lowered, compiled, devices[0])
   else:
     raise ValueError(f"no cost model for {devices[0].platform}: give a TPU or GPU topology")
-  return {**program, **cost, "compile_s": compile_s, "compiler_options": options}
+  return {**program, **cost, "peak_memory_gib": peak_gib, "compile_s": compile_s,
+          "compiler_options": options}
 
 
 def spread_blocks(counts: Sequence[int], num_blocks: int) -> list[int]:

@@ -134,3 +134,10 @@ def test_sweeps_spread_over_a_deeper_model():
   assert sampler_cost.spread_blocks([5, 1], 4) == [5, 5, 1, 1]
   with pytest.raises(ValueError, match="do not spread"):
     sampler_cost.spread_blocks([5, 1, 2], 4)
+
+
+def test_a_step_that_cannot_fit_is_refused():
+  devices = compile_check.topology_devices("h100:1x1x1")
+  jacobi_sweep = sampler_cost.programs(16, (1,))[1]
+  with pytest.raises(compile_check.DoesNotFit, match="15-token step needs .* GiB per chip"):
+    sampler_cost.program_cost(tiny_config(), devices, 2**22, jacobi_sweep, guided=False)

@@ -200,7 +200,8 @@ def pallas_kernels(hlo_text: str) -> int:
   return len(re.findall(r'custom_call_target="tpu_custom_call"', hlo_text))
 
 
-def _cost(compiled) -> dict:
+def cost_analysis(compiled) -> dict:
+  """The compiled program's cost analysis ({} where XLA has none, e.g. GPUs)."""
   cost = compiled.cost_analysis()
   return (cost[0] if isinstance(cost, list) else cost) or {}
 
@@ -221,7 +222,7 @@ def report(compiled, *, topology: str, devices, mesh, batch: int, compile_s: flo
   peak_bytes = peak_memory_gib(compiled) * 2**30
   hbm = hbm_gib(devices[0])
   peak_tflops = flops.peak_tflops(devices[0].device_kind)
-  cost = _cost(compiled)
+  cost = cost_analysis(compiled)
   hlo_text = compiled.as_text()
   step_s = cost.get("optimal_seconds")
   result = {

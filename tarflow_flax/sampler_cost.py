@@ -106,7 +106,7 @@ def kernels(hlo_text: str) -> int:
 
 def roofline(lowered, compiled, device) -> dict:
   """{'seconds', 'flops', 'bytes', ...} of a compiled GPU program on `device` (module docstring)."""
-  hlo_flops = _hlo_cost(lowered._lowering.hlo().as_hlo_module())["flops"]  # pylint: disable=protected-access
+  hlo_flops = _hlo_cost(lowered.compiler_ir("hlo").as_hlo_module())["flops"]
   compiled_cost = _hlo_cost(compiled.runtime_executable().hlo_modules()[0])
   extra, calls = custom_call_bytes(compiled.as_text())
   hlo_bytes = compiled_cost["bytes accessed"] + calls + extra  # The analysis adds −1 per call.
@@ -118,11 +118,10 @@ def roofline(lowered, compiled, device) -> dict:
 
 
 def tpu_cost_model(compiled) -> dict:
-  text = compiled.as_text()
-  if re.search(r"\swhile\(", text):
+  """{'seconds', 'flops', 'bytes', ...} of a compiled TPU program by libtpu's cost model."""
+  if re.search(r"\swhile\(", compiled.as_text()):
     raise ValueError("the sampler step holds a loop: the TPU cost model would count its body once")
-  cost = compiled.cost_analysis()
-  cost = (cost[0] if isinstance(cost, list) else cost) or {}
+  cost = compile_check.cost_analysis(compiled)
   if not cost.get("optimal_seconds", -1) > 0:
     raise ValueError(f"the TPU cost model gave no time ({cost.get('optimal_seconds')})")
   return {"seconds": cost["optimal_seconds"], "flops": cost["flops"],

@@ -5,6 +5,7 @@ plugin: without them these tests fail (never skip)."""
 import json
 import math
 
+import jax
 import pytest
 
 from conftest import tiny_config
@@ -141,3 +142,17 @@ def test_a_step_that_cannot_fit_is_refused():
   jacobi_sweep = sampler_cost.programs(16, (1,))[1]
   with pytest.raises(compile_check.DoesNotFit, match="15-token step needs .* GiB per chip"):
     sampler_cost.program_cost(tiny_config(), devices, 2**22, jacobi_sweep, guided=False)
+
+
+def test_sampler_programs_are_lowered_as_the_loops_see_them():
+  config = tiny_config(**{"model.dtype": "bfloat16"})
+  devices = compile_check.topology_devices("v5p:1x1x1")
+  lowered, _, _ = compile_check.lower_sampler_steps(config, devices, 8, 1, guided=True,
+                                                    cache_tokens=5, hoisted_casts=True)
+  # The guided pass: 2 rows per image in a cache of 5 tokens (1 head of 64 channels, 1 layer).
+  assert {info.shape for info in jax.tree.leaves(lowered.args_info[0][2])} == {(16, 1, 5, 64)}
+  state = jax.tree_util.tree_leaves_with_path(lowered.args_info[0][0])
+  dtypes = {jax.tree_util.keystr(path): str(info.dtype) for path, info in state}
+  kernels = {path: dtype for path, dtype in dtypes.items() if "kernel" in path}
+  assert len(kernels) == 6 and set(kernels.values()) == {"bfloat16"}  # qkv, proj, up, down, in, out.
+  assert {dtype for path, dtype in dtypes.items() if "norm" in path} == {"float32"}

@@ -21,7 +21,7 @@ Each is timed by
        into). Bytes: the same analysis of the compiled HLO, i.e. what its fused kernels read and
        write, plus the operands and results of its cuBLAS calls. Launch overheads are not in it.
        GEMMs are compiled as cuBLAS calls: without a GPU XLA cannot autotune its Triton GEMMs, and
-       their untuned tilings (split-K partial sums in float32) moved up to 7× the bytes.
+       their untuned tilings (split-K partial sums in float32) moved 2.2–3.4× the bytes.
 
 Per image (B images per call, K blocks, T tokens; sweeps per block measured on a trained model):
   sequential   K · (T − 1) · token step / B

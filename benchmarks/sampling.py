@@ -31,6 +31,8 @@ _REPEATS = flags.DEFINE_integer("repeats", 2, "Timed runs per method (median).")
 _JSON = flags.DEFINE_string("json", None, "Also write the JSON result here.")
 _SCALE = flags.DEFINE_float("weight_scale", 0.1, "Random proj_out scale (no --checkpoint); large "
                             "values make the inverse expand, and sampling chaotic.")
+_EXTRA_SEGMENTS = flags.DEFINE_list("extra_segments", [], "More GS-Jacobi segment counts to run "
+                                     "(e.g. 2,4,16): how sweeps grow with segment length.")
 _CANDIDATES = flags.DEFINE_list("auto_candidates", None, "auto's candidate segment counts "
                                 "(-1: sequential); default: strategy.DEFAULT_CANDIDATES.")
 
@@ -53,6 +55,7 @@ def main(argv):
   y = (jnp.arange(_BATCH.value) % config.model.num_classes) if config.model.num_classes else None
   kwargs = dict(guidance=_GUIDANCE.value, attn_temp=_ATTN_TEMP.value)
   runs = [("sequential", {}), ("jacobi", {}), ("gs_jacobi", {"num_segments": _SEGMENTS.value}),
+          *[("gs_jacobi", {"num_segments": int(s)}) for s in _EXTRA_SEGMENTS.value],
           ("auto", {"candidate_segments": tuple(int(c) for c in _CANDIDATES.value)}
            if _CANDIDATES.value else {})]
   rows, reference = [], None
@@ -77,6 +80,10 @@ def main(argv):
       reference = images
     rows.append({
         "method": method, "first_call_s": first, "s_per_image": seconds / _BATCH.value,
+        # Segments per block of a uniform plan (sampler_cost.py reads these rows' sweeps).
+        "segments": {"jacobi": 1, "gs_jacobi": options.get("num_segments")}.get(method),
+        "auto_segments_per_block": ([b["segments"] for b in info["calibration"]["blocks"]]
+                                    if method == "auto" else None),
         "iterations_per_block": info.get("iterations", [model.num_tokens - 1] * len(model.blocks)),
         "max_abs_diff_to_sequential": float(jnp.max(jnp.abs(images - reference))),
         "max_rel_diff_to_sequential": float(jnp.max(jnp.abs(images - reference)) /
@@ -87,7 +94,8 @@ def main(argv):
         "sweeps per block")
   for row in rows:
     row["speedup"] = base / row["s_per_image"]
-    print(f"{row['method']:<11} {row['s_per_image']:9.4f} {row['speedup']:9.2f} "
+    name = f"gs_jacobi/{row['segments']}" if row["method"] == "gs_jacobi" else row["method"]
+    print(f"{name:<11} {row['s_per_image']:9.4f} {row['speedup']:9.2f} "
           f"{row['max_abs_diff_to_sequential']:9.2e} {row['max_rel_diff_to_sequential']:9.2e}  "
           f"{row['iterations_per_block']}")
   result = {"device": jax.devices()[0].device_kind, "batch": _BATCH.value, "tokens":

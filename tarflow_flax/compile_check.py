@@ -54,8 +54,12 @@ def topology_devices(name: str) -> list:
   # give libtpu a worker list so that it does not look for a TPU VM's metadata (and warn).
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+  # One chip (v5p:1x1x1, v5e:1x1): libtpu's default host bounds (2x2x1) do not divide it.
+  one_chip = re.fullmatch(r"[^:]+:1(x1)*", name)
+  options = {"chips_per_host_bounds": [1, 1, 1]} if one_chip else {}
   try:
-    return list(topologies.get_topology_desc(platform="tpu", topology_name=name).devices)
+    return list(topologies.get_topology_desc(platform="tpu", topology_name=name,
+                                              **options).devices)
   except Exception as e:  # libtpu raises plain RuntimeErrors / XlaRuntimeErrors.
     raise ValueError(f"--topology={name}: not a TPU topology libtpu knows "
                      f"({str(e).splitlines()[0][:200]}); install the tpu extra") from e
@@ -101,9 +105,15 @@ def lower_train_step(config, devices, batch: int):
   return jitted.lower(state, batch_args), mesh, config
 
 
-def lower_sampler_steps(config, devices, batch: int, segment: int):
+def lower_sampler_steps(config, devices, batch: int, segment: int, *, guided: bool = False,
+                        cache_tokens: int | None = None, hoisted_casts: bool = False):
   """One block's KV-cached step over `segment` tokens (1: the sequential sampler's per-token step;
-  T/8: a GS-Jacobi sweep), for the block with the most layers, lowered for `devices`."""
+  T/8: a GS-Jacobi sweep), for the block with the most layers, lowered for `devices`.
+
+  guided: the classifier-free-guided pass (2·batch rows). cache_tokens: the cache's length (None:
+  all T tokens, the longest step). hoisted_casts: the matmul kernels arrive in the compute dtype,
+  as inside the samplers' token loops, where XLA casts the float32 kernels once, before the loop.
+  """
   config = _for_platform(config, devices)
   mesh = sharding.make_mesh(config.mesh, devices)
   if batch % sharding.data_parallel_size(mesh):
@@ -113,20 +123,26 @@ def lower_sampler_steps(config, devices, batch: int, segment: int):
   block = max(model.blocks, key=lambda b: b.num_layers)
   graphdef, abstract_block = nnx.split(block)
   block_state = sharding.abstract_on(abstract_block, sharding.state_shardings(abstract_block, mesh))
+  if hoisted_casts:
+    block_state = jax.tree_util.tree_map_with_path(
+        lambda path, a: (jax.ShapeDtypeStruct(a.shape, config.model.dtype, sharding=a.sharding)
+                         if "kernel" in jax.tree_util.keystr(path) else a), block_state)
   data = sharding.batch_sharding(mesh)
   per_layer = (jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(sharding.DATA_AXES)),
                ) * block.num_layers
   cache_sharding = transformer.KVCache(per_layer, per_layer)
-  t, c = model.num_tokens, config.model.channels
-  # Full length: the sequential sampler grows its cache chunk by chunk; this is its largest step.
-  cache = transformer.KVCache.zeros(block.num_layers, batch, t, c, jnp.dtype(config.model.dtype))
-  cache = sharding.abstract_on(jax.eval_shape(lambda: cache), cache_sharding)
+  rows, c = (2 if guided else 1) * batch, config.model.channels
+  # Full length by default: the samplers grow their caches as they go; this is the largest step.
+  # Shapes only: a sampling batch's cache can exceed this host's memory.
+  cache = jax.eval_shape(lambda: transformer.KVCache.zeros(
+      block.num_layers, rows, cache_tokens or model.num_tokens, c, jnp.dtype(config.model.dtype)))
+  cache = sharding.abstract_on(cache, cache_sharding)
   tokens = jax.ShapeDtypeStruct((batch, segment, model.token_dim), jnp.float32, sharding=data)
 
   def token_step(state, x, cache, position):
     b = nnx.merge(graphdef, state)
-    a, shift, cache = b.cached_params(b.sampling_pass(None, batch, guided=False), x, position,
-                                      cache)
+    a, shift, cache = b.cached_params(b.sampling_pass(None, batch, guided=guided), x, position,
+                                      cache, 1.0 if guided else None)
     return (a, shift), cache
 
   jitted = jax.jit(steps.traced_on_mesh(token_step, mesh),
@@ -139,15 +155,23 @@ def lower_sampler_steps(config, devices, batch: int, segment: int):
 _COLLECTIVE_OP = re.compile(r"=\s*(\(.*?\)|\S+)\s+(%s)(-start)?\(" % "|".join(COLLECTIVES))
 
 
+def hlo_arrays(shape_text: str) -> list[tuple[str, int]]:
+  """[(dtype, elements), ...] of the arrays in an HLO shape (`f32[8,64]{1,0}` or a tuple)."""
+  return [(dt, int(np.prod([int(d) for d in dims.split(",") if d])))
+          for dt, dims in re.findall(r"(\w+)\[([\d,]*)\]", shape_text)]
+
+
+def array_bytes(dtype: str, elements: int) -> int:
+  return _DTYPE_BYTES.get(dtype, 4) * elements
+
+
 def _collective_results(hlo_text: str):
   """(op, [(dtype, elements), ...]) for each collective in HLO text (an async start's tuple holds
   its input and output)."""
   for line in hlo_text.splitlines():
     match = _COLLECTIVE_OP.search(line)
     if match:
-      shapes = re.findall(r"(\w+)\[([\d,]*)\]", match.group(1))
-      yield match.group(2), [(dt, int(np.prod([int(d) for d in dims.split(",") if d])))
-                             for dt, dims in shapes]
+      yield match.group(2), hlo_arrays(match.group(1))
 
 
 def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
@@ -156,7 +180,7 @@ def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
   out = {op: {"count": 0, "bytes": 0} for op in COLLECTIVES}
   for op, results in _collective_results(hlo_text):
     out[op]["count"] += 1
-    out[op]["bytes"] += max((_DTYPE_BYTES.get(dt, 4) * n for dt, n in results), default=0)
+    out[op]["bytes"] += max((array_bytes(dt, n) for dt, n in results), default=0)
   return out
 
 
@@ -176,9 +200,17 @@ def pallas_kernels(hlo_text: str) -> int:
   return len(re.findall(r'custom_call_target="tpu_custom_call"', hlo_text))
 
 
-def _cost(compiled) -> dict:
+def cost_analysis(compiled) -> dict:
+  """The compiled program's cost analysis ({} where XLA has none, e.g. GPUs)."""
   cost = compiled.cost_analysis()
   return (cost[0] if isinstance(cost, list) else cost) or {}
+
+
+def peak_memory_gib(compiled) -> float:
+  """Memory per chip a compiled program needs: arguments + temporaries + outputs − aliased."""
+  mem = compiled.memory_analysis()
+  return (mem.argument_size_in_bytes + mem.temp_size_in_bytes + mem.output_size_in_bytes -
+          mem.alias_size_in_bytes) / 2**30
 
 
 def report(compiled, *, topology: str, devices, mesh, batch: int, compile_s: float,
@@ -187,11 +219,10 @@ def report(compiled, *, topology: str, devices, mesh, batch: int, compile_s: flo
   """The JSON-able summary of one compiled program; `loop_note`: why the cost model's time is
   withheld when the program loops over its layers (None: layers are unrolled)."""
   mem = compiled.memory_analysis()
-  peak_bytes = (mem.argument_size_in_bytes + mem.temp_size_in_bytes + mem.output_size_in_bytes -
-                mem.alias_size_in_bytes)
+  peak_bytes = peak_memory_gib(compiled) * 2**30
   hbm = hbm_gib(devices[0])
   peak_tflops = flops.peak_tflops(devices[0].device_kind)
-  cost = _cost(compiled)
+  cost = cost_analysis(compiled)
   hlo_text = compiled.as_text()
   step_s = cost.get("optimal_seconds")
   result = {
@@ -236,19 +267,19 @@ _SCANNED_NOTE = ("layers are scanned: the cost model counts a layer once; rerun 
 # Without a GPU, XLA cannot autotune its Triton GEMMs, and for some shapes (the imagenet64
 # GS-Jacobi sweep's (8·127, 768) × (768, 768) matmul) its untuned tiling finds no tile sizes:
 # those programs are compiled with cuBLAS GEMMs, one of the autotuner's choices on a GPU.
-_NO_TRITON_GEMM = {"xla_gpu_enable_triton_gemm": False}
+NO_TRITON_GEMM = {"xla_gpu_enable_triton_gemm": False}
 
 
-def _compile(lowered):
-  """(compiled, seconds, the compiler options it needed)."""
-  start, options = time.perf_counter(), {}
+def compile_lowered(lowered, options: dict | None = None):
+  """(compiled, seconds, the compiler options it needed, `options` included)."""
+  start, options = time.perf_counter(), dict(options or {})
   try:
     try:
-      compiled = lowered.compile()
+      compiled = lowered.compile(compiler_options=options or None)
     except jax.errors.JaxRuntimeError as e:
       if "find output tile sizes" not in str(e):
         raise
-      options = _NO_TRITON_GEMM
+      options = {**options, **NO_TRITON_GEMM}
       compiled = lowered.compile(compiler_options=options)
   except Exception as e:  # XLA reports HBM exhaustion at compile time on TPU.
     text = str(e)
@@ -264,7 +295,7 @@ def check_train(config, topology: str, batch: int | None = None) -> dict:
   devices = topology_devices(topology)
   batch = batch or config.batch_size
   lowered, mesh, config = lower_train_step(config, devices, batch)
-  compiled, compile_s, options = _compile(lowered)
+  compiled, compile_s, options = compile_lowered(lowered)
   result = report(compiled, topology=topology, devices=devices, mesh=mesh, batch=batch,
                   compile_s=compile_s, compiler_options=options,
                   model_flops=batch * flops.train_flops_per_image(config),
@@ -291,7 +322,7 @@ def check_sample(config, topology: str, batch: int | None = None) -> list[dict]:
   sweep = max(1, (tokens - 1) // sampling_api.DEFAULT_GS_SEGMENTS)
   for name, segment in (("sequential_token_step", 1), ("gs_jacobi_sweep", sweep)):
     lowered, mesh, resolved = lower_sampler_steps(config, devices, batch, segment)
-    compiled, compile_s, options = _compile(lowered)
+    compiled, compile_s, options = compile_lowered(lowered)
     depth = max(tarflow_config.block_depths(resolved.model))
     result = report(compiled, topology=topology, devices=devices, mesh=mesh, batch=batch,
                     compile_s=compile_s, compiler_options=options,

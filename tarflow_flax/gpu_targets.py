@@ -63,6 +63,15 @@ def devices(name: str) -> list:
                      "extra)") from e
 
 
+def memory_bandwidth(device) -> float | None:
+  """HBM bytes per second of `device` (its target config's memory_bandwidth), or None if unknown."""
+  for gpu in TARGET_CONFIGS:
+    text = target_config(gpu)
+    if f'device_description_str: "{device.device_kind}"' in text:
+      return float(re.search(r"memory_bandwidth:\s*(\d+)", text).group(1))
+  return None
+
+
 def usable_memory_gib(device) -> float | None:
   """Device memory JAX may allocate on `device` (its preallocated share), or None if unknown."""
   total = DEVICE_MEMORY_BYTES.get(device.device_kind)

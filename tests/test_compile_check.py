@@ -89,6 +89,9 @@ def test_sampler_steps_compile_for_a_tpu_slice():
   assert (sweep["what"], sweep["tokens"]) == ("gs_jacobi_sweep", 7)
   assert token["fits"] and sweep["fits"] and token["mesh"] == {"data": 4, "fsdp": 1}
   assert sweep["model_tflops_per_step"] == pytest.approx(7 * token["model_tflops_per_step"])
+  # The KV-cached steps unroll their layers: the cost model times the whole step.
+  assert 0 < token["cost_model_step_s"] < sweep["cost_model_step_s"]
+  assert 0 < sweep["cost_model_mfu"] < 1
 
 
 def test_a_step_that_cannot_fit_exits_1_with_one_line():

@@ -3,7 +3,7 @@ a model for sampling, evaluation, conversion checks and tests (`load_model`), an
 fine-tuning run starts from (`load_init_weights`, for `config.init_from`).
 
 A checkpoint directory is an Orbax `CheckpointManager` root; each step holds the items
-  model  nnx.State of the TarFlow (parameters and the prior variance `var`)
+  model  nnx.State of the model (its family's; TarFlow: parameters and the prior variance `var`)
   ema    the EMA copy of `model` (trainer, when config.ema_decay > 0)
   opt    the optimizer state (trainer)
   data   the input pipeline's iterator state (trainer)
@@ -57,7 +57,7 @@ def manager(directory, *, max_to_keep: int | None = None, async_save: bool = Fal
   return ocp.CheckpointManager(paths.path(directory), options=options)
 
 
-def save_model_checkpoint(directory, model: models.TarFlow, config, *, step: int = 0,
+def save_model_checkpoint(directory, model: nnx.Module, config, *, step: int = 0,
                           extra_meta: dict[str, Any] | None = None) -> int:
   """Writes `model` (and the config) as step `step` of a new checkpoint directory; returns the
   step. Refuses a directory that already holds checkpoint steps (Orbax would skip the save)."""
@@ -108,7 +108,7 @@ def config_from_meta(meta: dict[str, Any]) -> ml_collections.ConfigDict:
 class Restored(NamedTuple):
   """A checkpoint's model, the config it was built from, the mesh it is sharded on and the meta
   (with "step" and "weights": 'ema' or 'model' added)."""
-  model: models.TarFlow
+  model: nnx.Module  # The config's model family (TarFlow by default).
   config: ml_collections.ConfigDict
   mesh: jax.sharding.Mesh
   meta: dict[str, Any]
@@ -117,7 +117,7 @@ class Restored(NamedTuple):
 def load_model(directory, config=None, *, step: int | None = None, use_ema: bool = True,
                mesh: jax.sharding.Mesh | Callable[[Any], jax.sharding.Mesh] | None = None
                ) -> Restored:
-  """Restores a TarFlow from a checkpoint directory (EMA weights when present and `use_ema`).
+  """Restores the config's model from a checkpoint directory (EMA weights when present and `use_ema`).
 
   config: builds the model from it (default: the config stored in the checkpoint); validated.
   mesh: restore each parameter straight into its sharding on this mesh, or on the mesh that a

@@ -22,13 +22,12 @@ from absl import app, flags  # pylint: disable=wrong-import-position
 from ml_collections import config_flags  # pylint: disable=wrong-import-position
 
 import common  # pylint: disable=wrong-import-position
-from tarflow_flax import config_lib, sharding, steps  # pylint: disable=wrong-import-position
+from tarflow_flax import compile_check, config_lib, sharding, steps  # pylint: disable=wrong-import-position
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py", "Model config.")
 flags.DEFINE_string("devices", _DEVICES, "CPU devices to compile for (read before JAX starts).")
 _JSON = flags.DEFINE_string("json", None, "Also write the JSON result to this file.")
 _HLO = flags.DEFINE_string("hlo", None, "Write the HLO text, metadata stripped, to this file.")
-_OP = re.compile(r"= (?:\([^=]*\)|\S+) ([a-z][a-z\-]*)\(")
 
 
 def compiled_step_text(config) -> str:
@@ -45,7 +44,7 @@ def compiled_step_text(config) -> str:
 
 def instruction_kinds(hlo_text: str) -> dict[str, int]:
   """{op kind: count} over every instruction of every computation."""
-  return dict(sorted(collections.Counter(_OP.findall(hlo_text)).items()))
+  return dict(sorted(collections.Counter(compile_check.hlo_ops(hlo_text)).items()))
 
 
 def main(argv):

@@ -67,8 +67,9 @@ def topology_devices(name: str) -> list:
 
 def hbm_gib(device) -> float | None:
   """Memory per chip of `device` that a step may use, or None when unknown (CPU)."""
-  if device.platform == "gpu" and gpu_targets.usable_memory_gib(device) is not None:
-    return gpu_targets.usable_memory_gib(device)  # Abstract GPUs have no memory_stats().
+  usable = gpu_targets.usable_memory_gib(device) if device.platform == "gpu" else None
+  if usable is not None:
+    return usable  # Abstract GPUs have no memory_stats().
   if device.platform != "tpu":  # Local GPUs report their memory; CPUs do not.
     stats = device.memory_stats() or {}
     return stats["bytes_limit"] / 2**30 if "bytes_limit" in stats else None
@@ -81,7 +82,7 @@ def hbm_gib(device) -> float | None:
 def _for_platform(config, devices):
   """`model.attention='auto'` resolved for the target devices (the host may be a CPU)."""
   config = config.copy_and_resolve_references()
-  tokens = (config.image_size // config.model.patch_size)**2
+  tokens = tarflow_config.num_tokens(config)
   config.model.attention = attention.resolve(config.model.attention, tokens, devices[0].platform)
   return config
 
@@ -153,6 +154,16 @@ def lower_sampler_steps(config, devices, batch: int, segment: int, *, guided: bo
 
 
 _COLLECTIVE_OP = re.compile(r"=\s*(\(.*?\)|\S+)\s+(%s)(-start)?\(" % "|".join(COLLECTIVES))
+
+
+# An instruction of HLO text, `[ROOT] %name = shape op(...`: (name, shape, op). A tuple shape may
+# hold `/*index=5*/` comments.
+HLO_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%(\S+) = (\(.*?\)|\S+) ([\w-]+)\(", re.M)
+
+
+def hlo_ops(hlo_text: str) -> list[str]:
+  """The op of every instruction in HLO text, in order (`fusion`, `dot`, `while`, ...)."""
+  return [match.group(3) for match in HLO_INSTRUCTION.finditer(hlo_text)]
 
 
 def hlo_arrays(shape_text: str) -> list[tuple[str, int]]:
@@ -317,7 +328,7 @@ def check_sample(config, topology: str, batch: int | None = None) -> list[dict]:
   config_lib.validate(config)
   devices = topology_devices(topology)
   batch = batch or config.sample.num_images
-  tokens = (config.image_size // config.model.patch_size)**2
+  tokens = tarflow_config.num_tokens(config)
   results = []
   sweep = max(1, (tokens - 1) // sampling_api.DEFAULT_GS_SEGMENTS)
   for name, segment in (("sequential_token_step", 1), ("gs_jacobi_sweep", sweep)):

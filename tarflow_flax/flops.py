@@ -33,7 +33,7 @@ def _dims(config) -> tuple[int, int, int, int]:
   """(tokens T, token size Cp, width C, proj_out size) of the config's model."""
   m = config.model
   token_dim = m.in_channels * m.patch_size**2
-  return ((config.image_size // m.patch_size)**2, token_dim, m.channels,
+  return (tarflow_config.num_tokens(config), token_dim, m.channels,
           token_dim * (2 if m.nvp else 1))
 
 

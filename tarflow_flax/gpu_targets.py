@@ -14,10 +14,8 @@ import jax
 
 from tarflow_flax import platforms
 
-# Target config (gpu_specs/<file>) and device memory of each GPU compile_check knows.
+# Target config (gpu_specs/<file>) of each GPU compile_check knows: its device facts.
 TARGET_CONFIGS = {"h100": "h100_sxm.txtpb"}
-# Bytes of device memory by device kind (the target config's device_memory_size).
-DEVICE_MEMORY_BYTES = {"NVIDIA H100 80GB HBM3": 84_929_347_584}
 # JAX's GPU client preallocates this share of device memory and allocates only from it
 # (XLA_PYTHON_CLIENT_MEM_FRACTION; the default is JAX's documented 0.75).
 MEMORY_FRACTION_ENV = "XLA_PYTHON_CLIENT_MEM_FRACTION"
@@ -63,18 +61,25 @@ def devices(name: str) -> list:
                      "extra)") from e
 
 
-def memory_bandwidth(device) -> float | None:
-  """HBM bytes per second of `device` (its target config's memory_bandwidth), or None if unknown."""
+def _device_fact(device, field: str) -> int | None:
+  """A number from the target config describing `device` (e.g. device_memory_size), or None
+  when no shipped target config describes it."""
   for gpu in TARGET_CONFIGS:
     text = target_config(gpu)
     if f'device_description_str: "{device.device_kind}"' in text:
-      return float(re.search(r"memory_bandwidth:\s*(\d+)", text).group(1))
+      return int(re.search(rf"\b{field}:\s*(\d+)", text).group(1))
   return None
+
+
+def memory_bandwidth(device) -> float | None:
+  """HBM bytes per second of `device` (its target config's memory_bandwidth), or None if unknown."""
+  bandwidth = _device_fact(device, "memory_bandwidth")
+  return None if bandwidth is None else float(bandwidth)
 
 
 def usable_memory_gib(device) -> float | None:
   """Device memory JAX may allocate on `device` (its preallocated share), or None if unknown."""
-  total = DEVICE_MEMORY_BYTES.get(device.device_kind)
+  total = _device_fact(device, "device_memory_size")
   if total is None:
     return None
   return total * float(os.environ.get(MEMORY_FRACTION_ENV, DEFAULT_MEMORY_FRACTION)) / 2**30

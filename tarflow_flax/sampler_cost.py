@@ -44,7 +44,7 @@ import numpy as np
 from absl import flags, logging
 from jax._src.lib import _jax  # The HloCostAnalysis binding that Lowered.cost_analysis uses.
 
-from tarflow_flax import compile_check, config_lib, flops, gpu_targets, job_flags, runtime
+from tarflow_flax import compile_check, config_lib, flops, gpu_targets, job_flags, paths, runtime
 from tarflow_flax.models import tarflow_config
 from tarflow_flax.sampling import api as sampling_api
 from tarflow_flax.sampling import jacobi, sequential, strategy
@@ -52,7 +52,6 @@ from tarflow_flax.sampling import jacobi, sequential, strategy
 # Segments per block whose sweeps are costed: Jacobi, GS-Jacobi's default and auto's candidates.
 SEGMENT_COUNTS = tuple(sorted({1, sampling_api.DEFAULT_GS_SEGMENTS} |
                               {s for s in strategy.DEFAULT_CANDIDATES if s > 0}))
-_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%(\S+) = (\(.*?\)|\S+) ")
 _CUSTOM_CALL = re.compile(r"^\s*(?:ROOT )?%\S+ = (\(.*?\)|\S+) custom-call\(([^)]*)\)")
 
 
@@ -78,11 +77,7 @@ def _hlo_cost(module) -> dict:
 def custom_call_bytes(hlo_text: str) -> tuple[int, int]:
   """(bytes read and written by the custom calls, their number) in compiled HLO text: operands
   and results, less the byte-typed workspaces (cuBLAS' s8 scratch)."""
-  shapes = {}
-  for line in hlo_text.splitlines():
-    match = _INSTRUCTION.match(line)
-    if match:
-      shapes[match.group(1)] = match.group(2)
+  shapes = {m.group(1): m.group(2) for m in compile_check.HLO_INSTRUCTION.finditer(hlo_text)}
   total = count = 0
   for line in hlo_text.splitlines():
     match = _CUSTOM_CALL.match(line)
@@ -100,9 +95,8 @@ def kernels(hlo_text: str) -> int:
   """Instructions of the compiled entry computation that launch work (fusions, library calls,
   copies): what a GPU pays a launch for each time the program runs (no CUDA graphs)."""
   entry = hlo_text[hlo_text.index("\nENTRY"):]
-  ops = re.findall(r"^\s*(?:ROOT )?%\S+ = (?:\(.*?\)|\S+) ([\w-]+)\(", entry, re.M)
   return sum(op not in ("parameter", "bitcast", "get-tuple-element", "tuple", "constant")
-             for op in ops)
+             for op in compile_check.hlo_ops(entry))
 
 
 def roofline(lowered, compiled, device) -> dict:
@@ -195,8 +189,7 @@ def load_sweeps(path: str, num_blocks: int, num_tokens: int, transfer: str = "pe
   """
   if transfer not in TRANSFERS:
     raise ValueError(f"transfer must be one of {TRANSFERS}, got {transfer!r}")
-  with open(path, encoding="utf-8") as f:
-    measured = json.load(f)
+  measured = json.loads(paths.path(path).read_text())
   rows = {int(r["segments"]): spread_blocks(r["iterations_per_block"], num_blocks)
           for r in measured["rows"] if r.get("segments")}
   if transfer == "per_segment":
@@ -214,7 +207,7 @@ def compile_programs(config, topology: str, batch: int) -> dict:
   """The programs of `programs` compiled for `topology` and timed: the report without prices."""
   config_lib.validate(config)
   devices = compile_check.topology_devices(topology)
-  num_tokens = (config.image_size // config.model.patch_size)**2
+  num_tokens = tarflow_config.num_tokens(config)
   guided = bool(config.sample.guidance)
   costs = []
   for program in programs(num_tokens):
@@ -297,12 +290,11 @@ def _define_flags():
   def job():
     jax.config.update("jax_enable_compilation_cache", False)  # As compile_check: no client.
     config = config_flag.value
-    num_tokens = (config.image_size // config.model.patch_size)**2
+    num_tokens = tarflow_config.num_tokens(config)
     counts = (load_sweeps(sweeps.value, config.model.num_blocks, num_tokens, transfer.value)
               if sweeps.value else None)
     if reuse.value:
-      with open(reuse.value, encoding="utf-8") as f:
-        compiled = json.loads(f.read().strip().splitlines()[-1])
+      compiled = json.loads(paths.path(reuse.value).read_text().strip().splitlines()[-1])
       if (compiled["tokens"], compiled["blocks"]) != (num_tokens, config.model.num_blocks):
         raise runtime.UserError(f"--programs={reuse.value} was compiled for another model "
                                 f"({compiled['tokens']} tokens, {compiled['blocks']} blocks)")

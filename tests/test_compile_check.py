@@ -118,3 +118,15 @@ def test_collectives_are_parsed_with_their_bytes():
   assert result["all-gather"] == {"count": 2, "bytes": 64 * 256 * 2 + 32 * 4}
   assert result["all-reduce"] == {"count": 1, "bytes": 40}
   assert result["collective-permute"] == {"count": 0, "bytes": 0}
+
+
+def test_hlo_ops_reads_every_instruction_tuple_shapes_with_index_comments_included():
+  hlo = """
+  ENTRY %main (p: f32[4]) -> f32[4] {
+    %p = f32[4]{0} parameter(0)
+    %t = (s32[], f32[4]{0}, f32[4]{0}, f32[4]{0}, f32[4]{0}, /*index=5*/f32[4]{0}) tuple(%c, %p)
+    %w = (s32[], f32[4]{0}, f32[4]{0}, f32[4]{0}, f32[4]{0}, /*index=5*/f32[4]{0}) while(%t)
+    ROOT %r = f32[4]{0} get-tuple-element(%w), index=1
+  }
+  """
+  assert compile_check.hlo_ops(hlo) == ["parameter", "tuple", "while", "get-tuple-element"]

@@ -61,6 +61,11 @@ def validate(m, image_size: int) -> None:
     _fail("model.soft_clip", "must be >= 0 (0: off)", m.soft_clip)
 
 
+def num_tokens(config) -> int:
+  """Tokens per image of the config's model (`config.image_size`, `config.model.patch_size`)."""
+  return (config.image_size // config.model.patch_size)**2
+
+
 def model_kwargs(config) -> dict:
   """TarFlow constructor keywords from a full config (`config.image_size`, `config.model.*`)."""
   m = config.model
